@@ -1,0 +1,1 @@
+"""Metrics: separation of batch and biology, identifiability, retrieval."""
