@@ -1,0 +1,28 @@
+# phenoica: raw plates -> MAE embeddings -> whitening + ICA -> batch-vs-biology scores and
+# held-out-batch benchmarks. All logic lives in the phenoica package; rules are thin.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/postprocess.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/phenoica.h5ad",
+        "results/scores.tsv",
+        "results/benchmarks.tsv",
+        "results/summary.txt",
+    default_target: True

@@ -1,0 +1,24 @@
+# Held-out-batch generalization benchmarks: every fit sees the training batches only.
+
+
+rule benchmark_generalization:
+    input:
+        wells="results/embeddings/{model}/wells.h5ad",
+        relations=relations_inputs,
+    output:
+        benchmarks="results/benchmarks/{model}/{method}.tsv",
+    params:
+        algorithm=lambda wildcards: method_spec(wildcards.method)[0],
+        method_params=lambda wildcards: method_spec(wildcards.method)[1],
+        benchmark=config["benchmark"],
+        labels=config["labels"],
+        layer=config["postprocess"]["layer"],
+    threads: rule_threads("benchmark_generalization")
+    resources:
+        **rule_resources("benchmark_generalization"),
+    log:
+        "logs/benchmark/{model}/{method}.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/benchmark_generalization.py"

@@ -1,0 +1,140 @@
+# Shared settings and input functions. Functions only; rules live in the other files.
+from pathlib import Path
+
+from phenoica.config import validate_config
+
+validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+
+SOURCE = config["source"]
+SEED = config["seed"]
+SIM_ROOT = config["simulate"]["root"]
+CHANNELS = config["channels"]
+CHANNEL_NAMES = [channel["name"] for channel in CHANNELS]
+MODEL = config["model"]["id"]
+METHODS = list(config["postprocess"]["methods"])
+IDENTIFIER = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+wildcard_constraints:
+    plate=IDENTIFIER,
+    model=IDENTIFIER,
+    method="[A-Za-z0-9][A-Za-z0-9_]*",
+    seed="[0-9]+",
+
+
+def _load_sheet():
+    if SOURCE == "profiles":
+        return None
+    from phenoica.sheet import read_plate_sheet
+
+    # simulated plates are written by the workflow itself, so their files may not exist yet
+    return read_plate_sheet(
+        config["plates"], channels=CHANNELS, check_files=(SOURCE != "simulate")
+    )
+
+
+def _check_simulated_paths(sheet):
+    """Simulated plates must point where the simulator writes, or ingest would read nothing."""
+    from phenoica.errors import ConfigError
+
+    for row in sheet.to_dict("records"):
+        expected = {
+            "layout": "rxrx",
+            "path": f"{SIM_ROOT}/images",
+            "platemap": f"{SIM_ROOT}/platemaps/{row['plate']}.csv",
+        }
+        for column, value in expected.items():
+            if str(row[column]).rstrip("/") != value:
+                raise ConfigError(
+                    f"{config['plates']}: plate {row['plate']}: with source 'simulate' the "
+                    f"{column!r} column must be {value!r} (got {row[column]!r})"
+                )
+
+
+SHEET = _load_sheet()
+if SOURCE == "simulate":
+    _check_simulated_paths(SHEET)
+PLATES = [] if SHEET is None else list(SHEET["plate"])
+PLATE_ROWS = {} if SHEET is None else {row["plate"]: row for row in SHEET.to_dict("records")}
+
+
+def plate_row(plate):
+    return PLATE_ROWS[plate]
+
+
+def ingest_inputs(wildcards):
+    """The plate map and every raw image of one plate, so touching one image reruns that plate."""
+    row = plate_row(wildcards.plate)
+    if SOURCE == "simulate":
+        return {
+            "platemap": f"{SIM_ROOT}/platemaps/{wildcards.plate}.csv",
+            "images": f"{SIM_ROOT}/images/{wildcards.plate}",
+        }
+    from phenoica.ingest import plate_image_files
+
+    return {"platemap": row["platemap"], "images": plate_image_files(row, CHANNELS)}
+
+
+def checkpoint_inputs(wildcards):
+    """Trained weights of this model (or nothing when a local checkpoint is configured)."""
+    if config["model"]["checkpoint"]:
+        return []
+    folder = f"results/models/{wildcards.model}/seed{config['train']['seed']}"
+    return [f"{folder}/model.safetensors", f"{folder}/config.json"]
+
+
+def checkpoint_path(wildcards):
+    if config["model"]["checkpoint"]:
+        return config["model"]["checkpoint"]
+    return f"results/models/{wildcards.model}/seed{config['train']['seed']}"
+
+
+def truth_inputs(wildcards):
+    if SOURCE != "simulate":
+        return []
+    return expand(f"{SIM_ROOT}/truth/{{plate}}.tsv", plate=PLATES)
+
+
+def relations_inputs(wildcards):
+    if SOURCE == "simulate":
+        return [f"{SIM_ROOT}/relations.tsv"]
+    path = config["benchmark"].get("relations")
+    return [path] if path else []
+
+
+def method_spec(method):
+    """(algorithm, parameters) of a configured post-processing output name."""
+    spec = dict(config["postprocess"]["methods"][method])
+    return spec.pop("method", method), spec
+
+
+# Per-rule resources: defaults here, overridden by config["resources"][rule]. Memory grows with
+# the attempt number, so a job retried after running out of memory asks for more.
+DEFAULT_RESOURCES = {
+    "simulate_plate": {"threads": 1, "mem_mb": 1000, "runtime": 10},
+    "ingest_plate": {"threads": 1, "mem_mb": 2000, "runtime": 20},
+    "train_model": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+    "embed_plate": {"threads": 2, "mem_mb": 4000, "runtime": 30},
+    "collect_wells": {"threads": 1, "mem_mb": 4000, "runtime": 20},
+    "postprocess": {"threads": 2, "mem_mb": 4000, "runtime": 30},
+    "score_separation": {"threads": 2, "mem_mb": 4000, "runtime": 30},
+    "benchmark_generalization": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+}
+
+
+def rule_threads(rule):
+    spec = {**DEFAULT_RESOURCES.get(rule, {}), **config["resources"].get(rule, {})}
+    return spec.get("threads", 1)
+
+
+def rule_resources(rule):
+    spec = {**DEFAULT_RESOURCES.get(rule, {"mem_mb": 2000, "runtime": 30}), **config["resources"].get(rule, {})}
+    base_mem = spec.get("mem_mb", 2000)
+    resources = {
+        "mem_mb": lambda wildcards, attempt: base_mem * attempt,
+        "runtime": spec.get("runtime", 30),
+    }
+    for key in ("gpu", "cpus_per_gpu"):
+        if spec.get(key):
+            resources[key] = spec[key]
+    return resources

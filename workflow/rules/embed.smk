@@ -1,0 +1,63 @@
+# Per-plate embedding (GPU rule on a cluster), then one well-level AnnData over all plates.
+# A precomputed profiles table enters at the same point instead (source: profiles).
+
+if SOURCE == "profiles":
+
+    rule collect_profiles:
+        input:
+            table=config["profiles"]["path"],
+        output:
+            wells="results/embeddings/{model}/wells.h5ad",
+        params:
+            profiles=config["profiles"],
+        threads: rule_threads("collect_wells")
+        resources:
+            **rule_resources("collect_wells"),
+        log:
+            "logs/collect/{model}_profiles.log",
+        conda:
+            "../../envs/core.yaml"
+        script:
+            "../scripts/collect_profiles.py"
+
+else:
+
+    rule embed_plate:
+        input:
+            manifest="results/plates/{plate}/manifest.parquet",
+            checkpoint=checkpoint_inputs,
+        output:
+            sites="results/embeddings/{model}/sites/{plate}.h5ad",
+        params:
+            model=config["model"],
+            checkpoint=checkpoint_path,
+            embed=config["embed"],
+            channels=CHANNEL_NAMES,
+            exclude_flagged=config["qc"]["exclude_flagged"],
+        threads: rule_threads("embed_plate")
+        resources:
+            **rule_resources("embed_plate"),
+        log:
+            "logs/embed/{model}/{plate}.log",
+        conda:
+            "../../envs/torch.yaml"
+        script:
+            "../scripts/embed_plate.py"
+
+    rule collect_wells:
+        input:
+            sites=expand("results/embeddings/{{model}}/sites/{plate}.h5ad", plate=PLATES),
+            truth=truth_inputs,
+        output:
+            wells="results/embeddings/{model}/wells.h5ad",
+        params:
+            aggregate=config["embed"]["aggregate"],
+        threads: rule_threads("collect_wells")
+        resources:
+            **rule_resources("collect_wells"),
+        log:
+            "logs/collect/{model}_wells.log",
+        conda:
+            "../../envs/core.yaml"
+        script:
+            "../scripts/collect_wells.py"

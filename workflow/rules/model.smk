@@ -1,0 +1,23 @@
+# Train the MAE on tiles of every plate (skipped when model.checkpoint names a local checkpoint).
+
+
+rule train_model:
+    input:
+        manifests=expand("results/plates/{plate}/manifest.parquet", plate=PLATES),
+    output:
+        weights="results/models/{model}/seed{seed}/model.safetensors",
+        model_config="results/models/{model}/seed{seed}/config.json",
+        train_log="results/models/{model}/seed{seed}/train_log.tsv",
+    params:
+        model=config["model"],
+        train=config["train"],
+        channels=CHANNEL_NAMES,
+    threads: rule_threads("train_model")
+    resources:
+        **rule_resources("train_model"),
+    log:
+        "logs/train/{model}_seed{seed}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train_model.py"

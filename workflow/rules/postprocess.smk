@@ -1,0 +1,22 @@
+# Whitening, ICA and the baselines, fitted on the configured fitting set.
+
+
+rule postprocess:
+    input:
+        wells="results/embeddings/{model}/wells.h5ad",
+    output:
+        adata="results/postprocess/{model}/{method}.h5ad",
+    params:
+        algorithm=lambda wildcards: method_spec(wildcards.method)[0],
+        method_params=lambda wildcards: method_spec(wildcards.method)[1],
+        fit_on=config["postprocess"]["fit_on"],
+        layer=config["postprocess"]["layer"],
+    threads: rule_threads("postprocess")
+    resources:
+        **rule_resources("postprocess"),
+    log:
+        "logs/postprocess/{model}/{method}.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/postprocess.py"

@@ -1,0 +1,20 @@
+# Batch-vs-biology separation scores per post-processing method.
+
+
+rule score_separation:
+    input:
+        adata="results/postprocess/{model}/{method}.h5ad",
+    output:
+        scores="results/scores/{model}/{method}.tsv",
+    params:
+        scores=config["scores"],
+        labels=config["labels"],
+    threads: rule_threads("score_separation")
+    resources:
+        **rule_resources("score_separation"),
+    log:
+        "logs/score/{model}/{method}.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/score_separation.py"
