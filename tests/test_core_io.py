@@ -1,0 +1,68 @@
+"""Atomic writes and the AnnData contract helpers."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from phenoica.io import atomic_path, read_h5ad, sanitize_uns, standardize_obs, write_h5ad, write_tsv
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert not list(tmp_path.glob("*.partial"))
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_dir_keeps_old_folder_on_failure(tmp_path):
+    target = tmp_path / "plate"
+    target.mkdir()
+    (target / "a.tif").write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_path(target, is_dir=True) as tmp:
+            (tmp / "a.tif").write_text("new")
+            raise ValueError("boom")
+    assert (target / "a.tif").read_text() == "old"
+    with atomic_path(target, is_dir=True) as tmp:
+        (tmp / "b.tif").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plate"]
+
+
+def test_write_h5ad_round_trip_with_contract_obs(tmp_path):
+    obs = pd.DataFrame(
+        {"plate": ["P1", "P1"], "well": ["A01", "A02"], "batch": ["B1", "B1"],
+         "perturbation": ["DMSO", "g1"], "site": [1.0, 2.0], "is_control": [1, 0]},
+        index=["P1:A01:1", "P1:A02:2"],
+    )
+    obs = standardize_obs(obs)
+    assert isinstance(obs["plate"].dtype, pd.CategoricalDtype)
+    assert obs["site"].dtype == np.int64 and obs["is_control"].dtype == bool
+    adata = ad.AnnData(np.ones((2, 3), dtype=np.float32), obs=obs)
+    adata.uns["params"] = sanitize_uns({"a/b": [1, 2], "c": None, "names": ["x", "y"]})
+    path = write_h5ad(adata, tmp_path / "x.h5ad")
+    back = read_h5ad(path)
+    assert back.obs["perturbation"].tolist() == ["DMSO", "g1"]
+    assert list(back.uns["params"]["a_b"]) == [1, 2]
+
+
+def test_write_tsv_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "t.tsv"
+    write_tsv(pd.DataFrame({"a": [1]}), target)
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
+    with pytest.raises(OSError):
+        write_tsv(pd.DataFrame({"a": [2]}), target)
+    assert target.read_text().splitlines() == ["a", "1"]
