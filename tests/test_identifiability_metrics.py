@@ -1,0 +1,183 @@
+"""Alignment errors, latent diameter and decoder isometry on cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ortho_group
+
+from phenoica.metrics.identifiability import (
+    alignment_errors,
+    bilipschitz_from_ratios,
+    decoder_bilipschitz,
+    distance_ratios,
+    fit_linear_map,
+    fit_permutation_map,
+    fit_rigid_map,
+    fit_whitened_ica,
+    ica_efficiency,
+    latent_diameter,
+    rigid_error_bound,
+    sample_pairs,
+    split_rows,
+)
+from phenoica.metrics.matching import mcc
+
+
+def _value(table: pd.DataFrame, map_name: str, metric: str) -> float:
+    hit = table[(table["map"] == map_name) & (table["metric"] == metric)]["value"]
+    assert len(hit) == 1, (map_name, metric)
+    return float(hit.iloc[0])
+
+
+def _uniform_sources(n: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, d))
+
+
+def _split(X: np.ndarray, Y: np.ndarray, seed: int = 0):
+    mask = split_rows(len(X), seed=seed)
+    return X[mask], Y[mask], X[~mask], Y[~mask]
+
+
+def test_latent_diameter_known_values():
+    square = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [3.0, 4.0]])
+    assert latent_diameter(square) == pytest.approx(5.0)
+    # chunking must not change the answer
+    pts = np.random.default_rng(1).normal(size=(300, 5))
+    from scipy.spatial.distance import pdist
+
+    assert latent_diameter(pts, chunk=7) == pytest.approx(pdist(pts).max())
+    assert latent_diameter(pts, kind="q99") == pytest.approx(np.quantile(pdist(pts), 0.99))
+    # an outlier moves the max diameter but hardly the robust one
+    with_outlier = np.vstack([pts, [[100.0] * 5]])
+    assert latent_diameter(with_outlier) > 100
+    assert latent_diameter(with_outlier, kind="q99") < 2 * latent_diameter(pts, kind="q99")
+    with pytest.raises(ValueError, match="diameter kind"):
+        latent_diameter(pts, kind="median")
+
+
+def test_signed_permutation_is_recovered_exactly():
+    rng = np.random.default_rng(0)
+    A = _uniform_sources(600, 6, seed=0) * rng.uniform(0.5, 2.0, 6)
+    perm, signs = rng.permutation(6), rng.choice([-1.0, 1.0], 6)
+    B = A[:, perm] * signs + rng.normal(size=6)  # plus a translation
+    table = alignment_errors(*_split(A, B))
+    for name in ("permutation", "rigid", "linear"):
+        assert _value(table, name, "mean_error") < 1e-9
+        assert _value(table, name, "sup_error") < 1e-9
+        assert _value(table, name, "r2") == pytest.approx(1.0)
+    assert _value(table, "permutation", "mcc_in_sample") == pytest.approx(1.0)
+    assert _value(table, "permutation", "mcc_split") == pytest.approx(1.0)
+    # the permutation map itself is the signed permutation matrix
+    h = fit_permutation_map(A, B)
+    expected = np.zeros((6, 6))
+    expected[perm, np.arange(6)] = signs
+    np.testing.assert_allclose(h.matrix, expected)
+
+
+def test_rotation_raises_permutation_error_not_rigid():
+    A = _uniform_sources(800, 5, seed=1)
+    Q = ortho_group.rvs(5, random_state=3)
+    B = A @ Q + 0.5
+    table = alignment_errors(*_split(A, B), maps=("permutation", "rigid", "linear"))
+    assert _value(table, "rigid", "mean_error") < 1e-9
+    assert _value(table, "linear", "mean_error") < 1e-9
+    assert _value(table, "permutation", "mean_error") > 0.05
+    assert _value(table, "permutation", "mcc_split") < 0.95
+    np.testing.assert_allclose(fit_rigid_map(A, B).matrix, Q, atol=1e-9)
+
+
+def test_nested_map_classes_in_sample():
+    """Fitted and scored on the same rows, RMS error: linear <= rigid <= permutation."""
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(400, 4))
+    B = np.tanh(A @ rng.normal(size=(4, 4))) + 0.1 * rng.normal(size=(400, 4))
+    rms = {}
+    for name, fit in (("permutation", fit_permutation_map), ("rigid", fit_rigid_map), ("linear", fit_linear_map)):
+        rms[name] = np.sqrt(np.mean(np.sum((B - fit(A, B)(A)) ** 2, axis=1)))
+    assert rms["linear"] <= rms["rigid"] + 1e-12 <= rms["permutation"] + 2e-12
+
+
+def test_ica_undoes_rotation_of_independent_non_gaussian_sources():
+    S = _uniform_sources(3000, 4, seed=2)
+    rng = np.random.default_rng(5)
+    A = S @ rng.normal(size=(4, 4))  # two different invertible mixings of the same sources
+    B = S @ ortho_group.rvs(4, random_state=6) * 2.0 + 1.0
+    table = alignment_errors(*_split(A, B), seed=0)
+    err_ica = _value(table, "ica", "mean_error")
+    assert err_ica < 0.01
+    assert _value(table, "permutation", "mean_error") > 5 * err_ica
+    assert _value(table, "ica", "mcc_split") > 0.99
+    # the unsupervised ICA map also recovers the sources themselves
+    ica = fit_whitened_ica(A, seed=0)
+    assert mcc(ica.sources(A), S) > 0.99
+    np.testing.assert_allclose(ica.reconstruct(ica.sources(A)), A, atol=1e-8)
+
+
+def test_ica_efficiency_near_one_for_rotation_of_non_gaussian_sources():
+    S = _uniform_sources(3000, 4, seed=7)
+    Q = ortho_group.rvs(4, random_state=8)
+    noise = 0.02 * np.random.default_rng(1).normal(size=S.shape)
+    table = alignment_errors(*_split(S, S @ Q + noise))
+    assert _value(table, "ica", "efficiency") > 0.95
+    assert np.isnan(ica_efficiency(0.2, 0.2, 0.1))
+    assert ica_efficiency(0.3, 0.1, 0.2) == pytest.approx(0.5)
+
+
+def test_alignment_errors_validates_inputs():
+    A = np.zeros((10, 3))
+    with pytest.raises(ValueError, match="same rows"):
+        alignment_errors(A, A[:5], A, A)
+    with pytest.raises(ValueError, match="unknown map"):
+        alignment_errors(A, A, A, A, maps=("affine",))
+    X = np.random.default_rng(0).normal(size=(10, 3))
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        alignment_errors(X, X, X, X)
+
+
+def test_different_dimensions_supported_by_all_maps():
+    S = _uniform_sources(1200, 3, seed=10)
+    rng = np.random.default_rng(11)
+    A = S @ rng.normal(size=(3, 5))  # rank 3 in 5 dimensions
+    B = S @ rng.normal(size=(3, 3))
+    table = alignment_errors(*_split(A, B))
+    assert _value(table, "linear", "mean_error") < 1e-8
+    assert _value(table, "ica", "mean_error") < 0.02  # whitening keeps the rank (3) on both sides
+    assert set(table["map"]) == {"all", "permutation", "rigid", "linear", "ica"}
+
+
+def test_split_rows():
+    mask = split_rows(100, fit_fraction=0.3, seed=1)
+    assert mask.sum() == 30
+    np.testing.assert_array_equal(mask, split_rows(100, fit_fraction=0.3, seed=1))
+    with pytest.raises(ValueError):
+        split_rows(3)
+
+
+def test_bilipschitz_of_isometry_and_stretch():
+    z = np.random.default_rng(0).normal(size=(200, 3))
+    Q = ortho_group.rvs(3, random_state=1)
+    iso = decoder_bilipschitz(lambda v: 3.0 * v @ Q, z, n_pairs=500, quantile=0.0)
+    assert iso["bilipschitz_L"] == pytest.approx(0.0, abs=1e-9)
+    assert iso["ratio_median"] == pytest.approx(3.0)
+    # an axis stretch by 4 has singular values 1 and 4: ratios within [1, 4], L <= sqrt(4) - 1
+    stretch = decoder_bilipschitz(lambda v: v * np.array([4.0, 1.0, 1.0]), z, n_pairs=2000, quantile=0.0)
+    assert 0.5 < stretch["bilipschitz_L"] <= 1.0 + 1e-9
+    assert stretch["rigid_bound"] == pytest.approx(rigid_error_bound(stretch["bilipschitz_L"]))
+    assert bilipschitz_from_ratios(np.array([1.0, 4.0])) == pytest.approx(1.0)
+    assert bilipschitz_from_ratios(np.array([0.0, 1.0])) == np.inf
+    assert rigid_error_bound(0.0) == 0.0
+
+
+def test_pairs_and_ratios():
+    z = np.arange(20, dtype=float).reshape(10, 2)
+    pairs = sample_pairs(z, 50, seed=0)
+    assert pairs.shape == (50, 2) and np.all(pairs[:, 0] != pairs[:, 1])
+    local = sample_pairs(z, 50, seed=0, local=True)
+    # neighbours on a line are at most 5 steps apart
+    assert np.all(np.abs(local[:, 0] - local[:, 1]) <= 5) and np.all(local[:, 0] != local[:, 1])
+    np.testing.assert_allclose(distance_ratios(z, 2 * z, pairs), 2.0)
+    with pytest.raises(ValueError, match="differ in rows"):
+        distance_ratios(z, z[:5], pairs)
