@@ -1,0 +1,278 @@
+"""Ingest one plate: find its images, validate everything, compute QC, write manifest + QC table.
+
+``ingest_plate`` reads every image exactly once (QC needs the pixels anyway), checks it, and only
+when the whole plate is valid writes ``manifest.parquet`` (one row per site) and ``qc.parquet``
+(one row per site and channel), each atomically. Raw files are opened read-only.
+
+QC (config block ``qc``, see :data:`QC_DEFAULTS`): per site and channel the intensity statistics,
+the saturated and zero-pixel fractions, and a focus score (variance of the 4-neighbour Laplacian
+divided by the squared mean intensity, so dim and bright sites compare); ``focus_ratio`` is that
+score over the plate's median for the channel. A site is flagged (``qc_flagged``) when any channel
+has too many saturated or zero pixels or a focus ratio below ``min_focus_ratio``. With
+``exclude_flagged`` the manifest marks flagged sites ``qc_pass = False`` and the embed stage drops
+them; without it every site passes and the flags are for information only.
+
+Plate-map wells without images raise an error unless ``allow_missing_wells`` (then a warning);
+images of wells absent from the plate map always raise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+from .io.images import read_image
+from .io.layouts import Channel, list_plate_images, parse_channels, plate_folder, sites_table
+from .io.atomic import atomic_path
+from .logs import get_logger, progress
+from .sheet import check_plate_row, read_platemap
+
+log = get_logger(__name__)
+
+QC_DEFAULTS: dict[str, object] = {
+    "max_saturated_fraction": 0.05,  # flag a channel image with more pixels at the ceiling
+    "max_zero_fraction": 0.9,        # flag (nearly) blank images: more pixels exactly 0
+    "min_focus_ratio": 0.2,          # flag focus score below this share of the plate median
+    "saturation_value": None,        # ceiling; None: dtype max for integers, not assessed for floats
+    "exclude_flagged": False,        # True: flagged sites get qc_pass False and are not embedded
+}
+QC_FLAGS = ("saturated", "blank", "out_of_focus")
+
+
+def resolve_qc(qc: Mapping | None, source: str = "qc") -> dict:
+    """Fill QC defaults and validate values; raises ConfigError with the key path."""
+    merged = dict(QC_DEFAULTS)
+    for key, value in (qc or {}).items():
+        if key not in QC_DEFAULTS:
+            raise ConfigError(f"{source}.{key}: unknown key (allowed: {', '.join(QC_DEFAULTS)})")
+        merged[key] = value
+    for key in ("max_saturated_fraction", "max_zero_fraction"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ConfigError(f"{source}.{key}: {value!r} must be a number between 0 and 1")
+    ratio = merged["min_focus_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 0:
+        raise ConfigError(f"{source}.min_focus_ratio: {ratio!r} must be a number >= 0 (0 turns "
+                          "the focus flag off)")
+    sat = merged["saturation_value"]
+    if sat is not None and (isinstance(sat, bool) or not isinstance(sat, (int, float)) or sat <= 0):
+        raise ConfigError(f"{source}.saturation_value: {sat!r} must be null or a number > 0")
+    if not isinstance(merged["exclude_flagged"], bool):
+        raise ConfigError(f"{source}.exclude_flagged: {merged['exclude_flagged']!r} must be "
+                          "true or false")
+    return merged
+
+
+def plate_image_files(plate_row: Mapping, channels: Sequence[Mapping]) -> list[str]:
+    """The plate's image files (no pixels read), for the Snakefile input function.
+
+    Returns ``[]`` when the folder or LoadData CSV does not exist yet (e.g. the demo simulator has
+    not run). Files whose names do not parse are left out here; ``ingest_plate`` reports them.
+    """
+    table = list_plate_images(plate_row, channels, strict=False)
+    return table["path"].tolist()
+
+
+def focus_score(image: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian over the squared mean intensity (0 for a blank
+    image). Higher is sharper; scale-free, so bright and dim sites compare."""
+    img = image.astype(np.float32, copy=False)
+    if img.shape[0] < 3 or img.shape[1] < 3:
+        return 0.0
+    lap = (img[:-2, 1:-1] + img[2:, 1:-1] + img[1:-1, :-2] + img[1:-1, 2:]
+           - 4.0 * img[1:-1, 1:-1])
+    mean = float(img.mean(dtype=np.float64))
+    if mean <= 0:
+        return 0.0
+    return float(lap.var(dtype=np.float64)) / (mean * mean)
+
+
+def image_stats(image: np.ndarray, saturation_value: float | None = None) -> dict:
+    """Intensity statistics, saturated and zero-pixel fractions, and focus score of one image."""
+    n = image.size
+    p01, p99 = np.percentile(image, [1, 99])
+    ceiling = saturation_value
+    if ceiling is None and np.issubdtype(image.dtype, np.integer):
+        ceiling = np.iinfo(image.dtype).max
+    saturated = float(np.count_nonzero(image >= ceiling)) / n if ceiling is not None else np.nan
+    return {
+        "mean": float(image.mean(dtype=np.float64)),
+        "std": float(image.std(dtype=np.float64)),
+        "min": float(image.min()),
+        "max": float(image.max()),
+        "p01": float(p01),
+        "p99": float(p99),
+        "saturated_fraction": saturated,
+        "zero_fraction": float(np.count_nonzero(image == 0)) / n,
+        "focus_score": focus_score(image),
+    }
+
+
+def _site_stats(args: tuple[dict, list[Channel], float | None]) -> list[dict]:
+    """Read one site's channel images once; return one QC row per channel (with shape/dtype)."""
+    site, chans, saturation_value = args
+    rows = []
+    for c in chans:
+        path = site[f"path_{c.name}"]
+        image = read_image(path)
+        rows.append({"site_id": site["site_id"], "well": site["well"], "site": site["site"],
+                     "channel": c.name, "path": path, "dtype": str(image.dtype),
+                     "height": image.shape[0], "width": image.shape[1],
+                     **image_stats(image, saturation_value)})
+    return rows
+
+
+def ingest_plate(plate_row: Mapping, *, channels: Sequence[Mapping], manifest_path: str,
+                 qc_path: str, qc: Mapping | None = None, allow_missing_wells: bool = False,
+                 control_values: Sequence[str] | None = None, threads: int = 1) -> None:
+    """Validate one plate and write its manifest and QC table (nothing is written on failure).
+
+    Parameters
+    ----------
+    plate_row
+        One plate-sheet row (``plate, batch, layout, path, platemap, pattern``).
+    channels
+        Ordered ``[{"name": ..., "token": ...}, ...]``; the manifest has ``path_<name>`` columns.
+    manifest_path, qc_path
+        Outputs: one row per site; one row per site and channel.
+    qc
+        QC thresholds and the ``exclude_flagged`` switch (:data:`QC_DEFAULTS`).
+    allow_missing_wells
+        Plate-map wells without images: warning (True) or InputError (False).
+    control_values
+        Perturbations that are negative controls, for plate maps without a control flag.
+    threads
+        Images are read by this many threads (decoding releases the GIL).
+    """
+    chans = parse_channels(channels)
+    qc_cfg = resolve_qc(qc)
+    row = check_plate_row(plate_row, channels=chans, source=f"plate {plate_row.get('plate')!r}")
+    plate, batch = row["plate"], row["batch"]
+    folder = Path(row["path"]) if row["layout"] == "loaddata" else plate_folder(row)
+
+    platemap = read_platemap(row["platemap"], plate=plate, control_values=control_values)
+    images = list_plate_images(row, chans, strict=True)
+    if images.empty:
+        raise InputError(folder, _nothing_found(row, chans, folder))
+    sites = sites_table(images, chans, folder)
+    _check_wells(sites, platemap, row, folder, allow_missing_wells)
+    sites.insert(0, "site_id", [f"{plate}:{w}:{s}" for w, s in zip(sites["well"], sites["site"])])
+
+    qc_table = _read_and_measure(sites, chans, qc_cfg, threads, plate)
+    _check_uniform(qc_table, plate)
+    qc_table = _flag(qc_table, qc_cfg)
+
+    flagged = qc_table.groupby("site_id", sort=False)["flagged"].any()
+    manifest = sites.assign(plate=plate, batch=batch)
+    manifest = manifest[["site_id", "plate", "batch", "well", "row", "col", "site"]
+                        + [f"path_{c.name}" for c in chans]]
+    manifest = manifest.merge(platemap, on="well", how="left", validate="many_to_one")
+    manifest["qc_flagged"] = manifest["site_id"].map(flagged).astype(bool).to_numpy()
+    manifest["qc_pass"] = ~manifest["qc_flagged"] if qc_cfg["exclude_flagged"] else True
+    n_flagged = int(manifest["qc_flagged"].sum())
+    if qc_cfg["exclude_flagged"] and not manifest["qc_pass"].any():
+        raise InputError(folder, f"plate {plate}: all {len(manifest)} sites failed QC "
+                                 f"({_flag_summary(qc_table)}); relax the qc thresholds or set "
+                                 "qc.exclude_flagged: false")
+    qc_table.insert(1, "plate", plate)
+
+    with atomic_path(manifest_path) as tmp_manifest, atomic_path(qc_path) as tmp_qc:
+        manifest.to_parquet(tmp_manifest, index=False)
+        qc_table.to_parquet(tmp_qc, index=False)
+    log.info("plate %s: %d sites in %d wells, %d channels; %d site(s) flagged by QC%s",
+             plate, len(manifest), manifest["well"].nunique(), len(chans), n_flagged,
+             " and excluded" if qc_cfg["exclude_flagged"] and n_flagged else "")
+
+
+def _nothing_found(row: Mapping[str, str], chans: list[Channel], folder: Path) -> str:
+    tokens = [c.token for c in chans]
+    if row["layout"] == "loaddata":
+        return f"empty plate: the LoadData CSV has no rows for plate {row['plate']!r}"
+    try:
+        n_files = sum(1 for e in os.scandir(folder) if e.is_file())
+    except OSError:
+        n_files = 0
+    if row["layout"] == "pattern":
+        return (f"empty plate: regex {row['pattern']!r} matches none of the {n_files} file(s) "
+                f"for plate {row['plate']!r} with channel tokens {tokens} (it must match the whole "
+                "file name)")
+    return (f"empty plate: none of the {n_files} file(s) follow the {row['layout']!r} naming "
+            f"with channel tokens {tokens}")
+
+
+def _check_wells(sites: pd.DataFrame, platemap: pd.DataFrame, row: Mapping[str, str],
+                 folder: Path, allow_missing_wells: bool) -> None:
+    imaged, mapped = set(sites["well"]), set(platemap["well"])
+    unmapped = sorted(imaged - mapped, key=_well_key)
+    if unmapped:
+        raise InputError(folder, f"plate {row['plate']}: {len(unmapped)} imaged well(s) are not "
+                                 f"in the plate map {row['platemap']}: {unmapped[:20]}")
+    unimaged = sorted(mapped - imaged, key=_well_key)
+    if unimaged:
+        message = (f"plate {row['plate']}: {len(unimaged)} plate-map well(s) have no images: "
+                   f"{unimaged[:20]}")
+        if not allow_missing_wells:
+            raise InputError(row["platemap"], message + " (set allow_missing_wells: true if "
+                                                        "they were not imaged on purpose)")
+        log.warning("%s: %s", row["platemap"], message)
+
+
+def _well_key(well: str) -> tuple[int, str]:
+    letters = well.rstrip("0123456789")
+    return len(letters), well
+
+
+def _read_and_measure(sites: pd.DataFrame, chans: list[Channel], qc_cfg: Mapping,
+                      threads: int, plate: str) -> pd.DataFrame:
+    jobs = [(site, chans, qc_cfg["saturation_value"]) for site in sites.to_dict("records")]
+    bar = progress(total=len(jobs), desc=f"ingest {plate}", unit="site")
+    rows: list[dict] = []
+    with bar, ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        for site_rows in pool.map(_site_stats, jobs):
+            rows += site_rows
+            bar.update(1)
+    return pd.DataFrame.from_records(rows)
+
+
+def _check_uniform(qc_table: pd.DataFrame, plate: str) -> None:
+    """All images of a plate share one shape and dtype (the embedder stacks them)."""
+    first = qc_table.iloc[0]
+    for what, cols in (("shape", ["height", "width"]), ("dtype", ["dtype"])):
+        ref = tuple(first[c] for c in cols)
+        differs = qc_table[(qc_table[cols] != pd.Series(ref, index=cols)).any(axis=1)]
+        if not differs.empty:
+            bad = differs.iloc[0]
+            got = tuple(bad[c] for c in cols)
+            raise InputError(bad["path"], f"image {what} {_fmt(got)} differs from {_fmt(ref)} of "
+                                          f"{first['path']} ({len(differs)} image(s) of plate "
+                                          f"{plate} differ)")
+
+
+def _fmt(values: tuple) -> str:
+    return "x".join(str(v) for v in values) if len(values) > 1 else str(values[0])
+
+
+def _flag(qc_table: pd.DataFrame, qc_cfg: Mapping) -> pd.DataFrame:
+    table = qc_table.copy()
+    median = table.groupby("channel", sort=False)["focus_score"].transform("median")
+    table["focus_ratio"] = np.where(median > 0, table["focus_score"] / median.where(median > 0, 1),
+                                    1.0)
+    table["flag_saturated"] = table["saturated_fraction"].fillna(0) > qc_cfg["max_saturated_fraction"]
+    table["flag_blank"] = table["zero_fraction"] > qc_cfg["max_zero_fraction"]
+    table["flag_out_of_focus"] = table["focus_ratio"] < qc_cfg["min_focus_ratio"]
+    flag_cols = [f"flag_{f}" for f in QC_FLAGS]
+    table["flagged"] = table[flag_cols].any(axis=1)
+    table["flags"] = [";".join(f for f, on in zip(QC_FLAGS, flags) if on)
+                      for flags in table[flag_cols].itertuples(index=False)]
+    return table
+
+
+def _flag_summary(qc_table: pd.DataFrame) -> str:
+    counts = {f: int(qc_table[f"flag_{f}"].sum()) for f in QC_FLAGS}
+    return ", ".join(f"{n} channel image(s) {f}" for f, n in counts.items() if n)
