@@ -73,7 +73,7 @@ def _read_tiff(p: Path) -> np.ndarray:
 
     with tifffile.TiffFile(p) as tif:
         if not tif.series:
-            raise InputError(p, "TIFF file holds no image data")
+            raise InputError(p, "corrupt or unreadable image: the TIFF holds no image data")
         series = tif.series[0]
         file_size = tif.filehandle.size
         for page in series.pages:
