@@ -199,11 +199,11 @@ def test_read_platemap_basic_csv_and_tsv(tmp_path):
     csv.write_text("Well,Perturbation,is_control,dose,MOA\n"
                    "a1,DMSO,TRUE,,none\nB2,taxol,false,0.5,tubulin\nc012,taxol,0,1,tubulin\n")
     pm = read_platemap(csv)
-    assert pm.columns.tolist() == ["well", "perturbation", "is_control", "dose", "moa"]
+    assert pm.columns.tolist() == ["well", "perturbation", "is_control", "dose", "MOA"]
     assert pm["well"].tolist() == ["A01", "B02", "C12"]
     assert pm["is_control"].tolist() == [True, False, False]
     assert pm["dose"].isna().tolist() == [True, False, False]
-    assert pm["dose"].dtype.kind == "f" and pm["moa"].tolist()[1] == "tubulin"
+    assert pm["dose"].dtype.kind == "f" and pm["MOA"].tolist()[1] == "tubulin"
     tsv = tmp_path / "map.tsv"
     pm.to_csv(tsv, sep="\t", index=False)
     pd.testing.assert_frame_equal(read_platemap(tsv), pm)

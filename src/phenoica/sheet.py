@@ -240,7 +240,9 @@ def read_platemap(path: str | os.PathLike, *, plate: str | None = None,
                   control_values: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a plate map (CSV, TSV or Parquet) and normalise it.
 
-    Column names lose a ``Metadata_`` prefix and are lower-cased (JUMP names work). The well
+    Columns are recognised by name without a ``Metadata_`` prefix, in any case (JUMP names
+    work); extra columns keep their names (``Metadata_*`` ones lose the prefix and are
+    lower-cased, as in :func:`phenoica.profiles.load_profiles`). The well
     comes from ``well``/``well_position`` (or ``row`` + ``col``), the perturbation from
     ``perturbation`` (else ``pert_iname``, ``treatment``, ``compound``, ``broad_sample``,
     ``jcp2022``), the control flag from ``is_control``/``control`` (booleans), else from
@@ -269,6 +271,10 @@ def read_platemap(path: str | os.PathLike, *, plate: str | None = None,
     if dupes:
         raise InputError(src, f"columns {dupes} appear twice after dropping 'Metadata_' and "
                               f"lower-casing (columns: {list(raw.columns)})")
+    # roles (well, perturbation, ...) are found by normalised name; extras keep the names the
+    # user gave (JUMP Metadata_* names lose the prefix and are lower-cased, like profiles)
+    given = {n: (n if re.match(r"(?i)metadata_", str(c).strip()) else str(c).strip().replace("/", "_"))
+             for n, c in zip(names, raw.columns)}
     raw.columns = names
     lines = pd.Series(raw.index + 2, index=raw.index)  # header is line 1
 
@@ -321,7 +327,7 @@ def read_platemap(path: str | os.PathLike, *, plate: str | None = None,
             continue
         if col in RESERVED_PLATEMAP_COLUMNS or col.startswith("path_") or col in out.columns:
             raise InputError(src, f"column {col!r} is reserved (ingest sets it); rename it")
-        out[col] = _maybe_numeric(raw[col])
+        out[given[col]] = _maybe_numeric(raw[col])
     return out.reset_index(drop=True)
 
 
