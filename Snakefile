@@ -9,6 +9,14 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    plate=IDENTIFIER,
+    model=IDENTIFIER,
+    method="[A-Za-z0-9][A-Za-z0-9_]*",
+    seed="[0-9]+",
+
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/model.smk"

@@ -15,13 +15,6 @@ METHODS = list(config["postprocess"]["methods"])
 IDENTIFIER = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
-wildcard_constraints:
-    plate=IDENTIFIER,
-    model=IDENTIFIER,
-    method="[A-Za-z0-9][A-Za-z0-9_]*",
-    seed="[0-9]+",
-
-
 def _load_sheet():
     if SOURCE == "profiles":
         return None
@@ -108,7 +101,7 @@ def method_spec(method):
     return spec.pop("method", method), spec
 
 
-# Per-rule resources: defaults here, overridden by config["resources"][rule]. Memory grows with
+# Resources of each job: defaults here, overridden by config["resources"][rule]. Memory grows with
 # the attempt number, so a job retried after running out of memory asks for more.
 DEFAULT_RESOURCES = {
     "simulate_plate": {"threads": 1, "mem_mb": 1000, "runtime": 10},
