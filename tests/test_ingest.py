@@ -107,30 +107,41 @@ def test_ingest_synthetic_plate_contract(tmp_path, plate):
     assert not list(Path(out["manifest_path"]).parent.glob("*.partial"))
 
 
-def test_mixed_layout_sheet_on_real_images(tmp_path, plate):
-    """One sheet with all four layouts, each on real files; every plate ingests."""
-    maps = {"c03": write_platemap(tmp_path / "c03.csv", wells=("C03",)),
-            "a01": write_platemap(tmp_path / "a01.csv", wells=("A01",))}
-    rxrx_root = tmp_path / "rxrx_real"
+PHENIX_PATTERN = r"r(?P<row>\d\d)c(?P<col>\d\d)f(?P<site>\d\d)p01-ch(?P<channel>\d)sk1fk1fl1\.tiff"
+
+
+def write_mixed_sheet(folder: Path, phenix: str) -> Path:
+    """A plate sheet with all four layouts on the real Phenix site (``phenix`` = its folder as
+    the sheet should name it): phenix as is, rxrx names (symlinks in ``folder``), a LoadData
+    CSV, and a pattern regex."""
+    platemap = write_platemap(folder / "c03.csv", wells=("C03",))
+    rxrx_root = folder / "rxrx_real"
     (rxrx_root / "RX").mkdir(parents=True)
-    for c in PHENIX_CHANNELS:  # the real Phenix site under rxrx names (symlinks, nothing copied)
+    for c in PHENIX_CHANNELS:  # symlinks: nothing is copied
         (rxrx_root / "RX" / f"C03_s3_w{c['token']}.tiff").symlink_to(
             REPO / PHENIX / f"r03c03f03p01-ch{c['token']}sk1fk1fl1.tiff")
-    loaddata = tmp_path / "load_data.csv"
+    loaddata = folder / "load_data.csv"
     pd.DataFrame([{"Metadata_Plate": "LD", "Metadata_Well": "C03", "Metadata_Site": 3,
                    **{f"FileName_Orig{c['token']}": f"r03c03f03p01-ch{c['token']}sk1fk1fl1.tiff"
                       for c in PHENIX_CHANNELS},
-                   **{f"PathName_Orig{c['token']}": os.path.relpath(REPO / PHENIX, tmp_path)
+                   **{f"PathName_Orig{c['token']}": os.path.relpath(REPO / PHENIX, folder)
                       for c in PHENIX_CHANNELS}}]).to_csv(loaddata, index=False)
-    sheet_rows = [
-        {"plate": "PX", "batch": "B1", "layout": "phenix", "path": PHENIX, "platemap": maps["c03"]},
-        {"plate": "RX", "batch": "B1", "layout": "rxrx", "path": rxrx_root, "platemap": maps["c03"]},
-        {"plate": "LD", "batch": "B2", "layout": "loaddata", "path": loaddata,
-         "platemap": maps["c03"]},
+    rows = [
+        {"plate": "PX", "batch": "B1", "layout": "phenix", "path": phenix, "pattern": ""},
+        {"plate": "RX", "batch": "B1", "layout": "rxrx", "path": rxrx_root, "pattern": ""},
+        {"plate": "LD", "batch": "B2", "layout": "loaddata", "path": loaddata, "pattern": ""},
+        {"plate": "PT", "batch": "B2", "layout": "pattern", "path": phenix,
+         "pattern": PHENIX_PATTERN},
     ]
-    sheet = pd.DataFrame(sheet_rows).assign(pattern="")
-    sheet.to_csv(tmp_path / "plates.tsv", sep="\t", index=False)
-    parsed = read_plate_sheet(tmp_path / "plates.tsv", channels=PHENIX_CHANNELS)
+    sheet = folder / "plates.tsv"
+    pd.DataFrame(rows).assign(platemap=platemap).to_csv(sheet, sep="\t", index=False)
+    return sheet
+
+
+def test_mixed_layout_sheet_on_real_images(tmp_path):
+    """One sheet with all four layouts, each on real files; every plate ingests."""
+    parsed = read_plate_sheet(write_mixed_sheet(tmp_path, PHENIX), channels=PHENIX_CHANNELS)
+    assert sorted(parsed["layout"]) == ["loaddata", "pattern", "phenix", "rxrx"]
     manifests = {}
     for name, row in parsed.iterrows():
         out = tmp_path / "results" / name
@@ -150,7 +161,8 @@ def test_mixed_layout_sheet_on_real_images(tmp_path, plate):
     fly_channels = [{"name": "DNA", "token": "D"}, {"name": "green", "token": "F"},
                     {"name": "red", "token": "R"}]
     fly_row = {"plate": "fly", "batch": "B3", "layout": "pattern", "path": FLY,
-               "platemap": str(maps["a01"]), "pattern": FLY_PATTERN}
+               "platemap": str(write_platemap(tmp_path / "a01.csv", wells=("A01",))),
+               "pattern": FLY_PATTERN}
     out = tmp_path / "results" / "fly"
     ingest_plate(fly_row, channels=fly_channels, manifest_path=str(out / "m.parquet"),
                  qc_path=str(out / "qc.parquet"))
@@ -361,3 +373,30 @@ def test_threads_give_identical_outputs(tmp_path, plate):
                  qc_path=str(two / "q.parquet"), threads=2)
     for name in ("m.parquet", "q.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(one / name), pd.read_parquet(two / name))
+
+
+@pytest.mark.slow
+def test_snakemake_ingest_on_a_mixed_sheet(tmp_path):
+    """`snakemake --cores 2 ingest` through the repository's Snakefile (the lead's wiring) on a
+    sheet mixing all four layouts; outputs land in tmp_path, raw files stay unchanged."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    sheet = write_mixed_sheet(tmp_path, str((REPO / PHENIX).resolve()))
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(source="plates", plates=str(sheet), channels=PHENIX_CHANNELS)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    raw = sorted((REPO / PHENIX).iterdir())
+    before = sha256_tree(raw)
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "ingest"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for plate in ("PX", "RX", "LD", "PT"):
+        manifest = pd.read_parquet(tmp_path / "results" / "plates" / plate / "manifest.parquet")
+        assert manifest["site_id"].tolist() == [f"{plate}:C03:3"]
+        assert (tmp_path / "results" / "plates" / plate / "qc.parquet").is_file()
+    assert sha256_tree(raw) == before
