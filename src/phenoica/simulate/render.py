@@ -101,17 +101,8 @@ def render_cells(rng: np.random.Generator, well_factors: np.ndarray, p: dict[str
     brightness = {ch: np.exp(_scale(f) * cell_factors[:, _F[f]]).astype(np.float32)
                   for ch, f in _INTENSITY_FACTOR.items()}
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    nuc_rho = _ellipse_rho(xx, yy, cells["nx"], cells["ny"], cells["na"], cells["nb"], cells["ntheta"])
-    cell_rho = _ellipse_rho(xx, yy, cells["cx"], cells["cy"], cells["ca"], cells["cb"], cells["ctheta"],
-                            harmonics=(cells["harm_amp"], cells["harm_phase"]))
-
-    # soft edges about one pixel wide: the slope of rho is ~1/radius per pixel
-    nuc_prof = _sigmoid((1.0 - nuc_rho) * (cells["nr"] / 0.7)[:, None, None])
-    nucleus_any = nuc_prof.max(axis=0)
-    # a pixel belongs to the cell whose (normalised) boundary is farthest; nuclei claim their pixels
-    owner = np.argmin(np.where(nuc_rho < 1.0, nuc_rho - 2.0, cell_rho), axis=0)
-    own_rho = np.take_along_axis(cell_rho, owner[None], axis=0)[0]
+    raster = _rasterize(cells, {ch: brightness[ch] for ch in ("DNA", "RNA")}, size)
+    nucleus_any, owner, own_rho = raster["nucleus"], raster["owner"], raster["own_rho"]
     own_radius = cells["cr"][owner]
     cell_prof = np.maximum(_sigmoid((1.0 - own_rho) * own_radius / 0.8), nucleus_any)
     perinuclear = np.exp(-1.8 * np.clip(own_rho, 0.0, None))
@@ -122,8 +113,7 @@ def render_cells(rng: np.random.Generator, well_factors: np.ndarray, p: dict[str
         return noise / max(float(noise.std()), 1e-6)
 
     # DNA: nuclei with chromatin texture
-    dna = (nuc_prof * brightness["DNA"][:, None, None]).max(axis=0)
-    dna *= np.clip(1.0 + 0.2 * texture(1.0), 0.0, None)
+    dna = raster["nucleus_DNA"] * np.clip(1.0 + 0.2 * texture(1.0), 0.0, None)
 
     # ER: reticular, enriched around the nucleus, dim over it
     er = (brightness["ER"][owner] * cell_prof * (0.35 + 0.65 * perinuclear)
@@ -135,7 +125,7 @@ def render_cells(rng: np.random.Generator, well_factors: np.ndarray, p: dict[str
     nx, ny = _points_in_ellipse(rng, which, cells["nx"], cells["ny"], cells["na"], cells["nb"],
                                 cells["ntheta"], rho_range=(0.0, 0.5))
     nucleoli = _splat(nx, ny, brightness["RNA"][which] * rng.uniform(0.7, 1.0, which.size), size, 1.0)
-    rna = (nucleoli + 0.25 * (nuc_prof * brightness["RNA"][:, None, None]).max(axis=0)
+    rna = (nucleoli + 0.25 * raster["nucleus_RNA"]
            + 0.3 * brightness["RNA"][owner] * cell_prof * (1.0 - nucleus_any)
            * np.clip(1.0 + 0.4 * texture(1.0), 0.0, None))
 
@@ -243,35 +233,77 @@ def _cell_geometry(rng: np.random.Generator, nuclei_xy: np.ndarray, cell_factors
     }
 
 
-def _ellipse_rho(xx: np.ndarray, yy: np.ndarray, cx: np.ndarray, cy: np.ndarray, a: np.ndarray,
-                 b: np.ndarray, theta: np.ndarray, harmonics: tuple[np.ndarray, np.ndarray] | None = None
-                 ) -> np.ndarray:
-    """Normalised elliptical radius (cells, H, W): 1.0 on each ellipse's boundary.
+def _rasterize(cells: dict[str, np.ndarray], nucleus_brightness: dict[str, np.ndarray], size: int
+               ) -> dict[str, np.ndarray]:
+    """Per-pixel cell ownership and nucleus images, computed in a window around each cell.
 
-    ``harmonics`` (amplitudes, phases) of shape (cells, k) wobble the boundary with angular
+    Returns ``owner`` (index of the cell a pixel belongs to: nuclei claim their pixels, else the
+    cell whose normalised boundary is farthest), ``own_rho`` (the owner's normalised radius,
+    1.0 on its boundary; large far from all cells), ``nucleus`` (soft nucleus mask) and
+    ``nucleus_<channel>`` (nuclei weighted by each cell's brightness in that channel).
+    """
+    big = np.float32(1e3)
+    best = np.full((size, size), big, dtype=np.float32)
+    owner = np.zeros((size, size), dtype=np.int64)
+    own_rho = np.full((size, size), big, dtype=np.float32)
+    nucleus = np.zeros((size, size), dtype=np.float32)
+    weighted = {ch: np.zeros((size, size), dtype=np.float32) for ch in nucleus_brightness}
+    axis = np.arange(size, dtype=np.float32)
+    harm_amp, harm_phase = cells["harm_amp"], cells["harm_phase"]
+    # boundary wobble can push a cell out by at most 1 / min(boundary) of its ellipse
+    reach = 1.6 / np.clip(1.0 - np.abs(harm_amp).sum(axis=1), 0.5, None)
+    for i in range(len(cells["cx"])):
+        cell_r = reach[i] * max(cells["ca"][i], cells["cb"][i]) + 2.0
+        nuc_r = 1.6 * max(cells["na"][i], cells["nb"][i]) + 2.0
+        x0 = int(max(0, np.floor(min(cells["cx"][i] - cell_r, cells["nx"][i] - nuc_r))))
+        x1 = int(min(size, np.ceil(max(cells["cx"][i] + cell_r, cells["nx"][i] + nuc_r)) + 1))
+        y0 = int(max(0, np.floor(min(cells["cy"][i] - cell_r, cells["ny"][i] - nuc_r))))
+        y1 = int(min(size, np.ceil(max(cells["cy"][i] + cell_r, cells["ny"][i] + nuc_r)) + 1))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs, ys = axis[None, x0:x1], axis[y0:y1, None]
+        window = (slice(y0, y1), slice(x0, x1))
+        nuc_rho = _ellipse_rho(xs, ys, cells["nx"][i], cells["ny"][i], cells["na"][i], cells["nb"][i],
+                               cells["ntheta"][i])
+        cell_rho = _ellipse_rho(xs, ys, cells["cx"][i], cells["cy"][i], cells["ca"][i], cells["cb"][i],
+                                cells["ctheta"][i], harmonics=(harm_amp[i], harm_phase[i]))
+        # soft edges about one pixel wide: the slope of rho is ~1/radius per pixel
+        prof = _sigmoid((1.0 - nuc_rho) * (cells["nr"][i] / 0.7))
+        np.maximum(nucleus[window], prof, out=nucleus[window])
+        for ch, values in nucleus_brightness.items():
+            np.maximum(weighted[ch][window], prof * values[i], out=weighted[ch][window])
+        metric = np.where(nuc_rho < 1.0, nuc_rho - 2.0, cell_rho)
+        closer = metric < best[window]
+        best[window] = np.where(closer, metric, best[window])
+        owner[window] = np.where(closer, i, owner[window])
+        own_rho[window] = np.where(closer, cell_rho, own_rho[window])
+    return {"owner": owner, "own_rho": own_rho, "nucleus": nucleus,
+            **{f"nucleus_{ch}": img for ch, img in weighted.items()}}
+
+
+def _ellipse_rho(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, a: float, b: float, theta: float,
+                 harmonics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Normalised elliptical radius on the grid ``ys`` x ``xs``: 1.0 on the ellipse's boundary.
+
+    ``harmonics`` (amplitudes, phases), each of length k, wobble the boundary with angular
     modes 2..k+1, so cells are not perfect ellipses.
     """
-    def col(v: np.ndarray) -> np.ndarray:
-        return v[:, None, None]
-
-    dx = xx[None] - col(cx)
-    dy = yy[None] - col(cy)
-    cos, sin = col(np.cos(theta)), col(np.sin(theta))
-    u = (dx * cos + dy * sin) / col(a)
-    v = (-dx * sin + dy * cos) / col(b)
+    cos, sin = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+    dx, dy = xs - np.float32(cx), ys - np.float32(cy)
+    u = (dx * cos + dy * sin) / np.float32(a)
+    v = (dy * cos - dx * sin) / np.float32(b)
     rho = np.sqrt(u * u + v * v)
     if harmonics is not None:
         amp, phase = harmonics
-        # cos/sin of k * angle by the angle-addition recurrence: cheaper than arctan2 + cos
+        # cos/sin of m * angle by the angle-addition recurrence: cheaper than arctan2 + cos
         inv = 1.0 / np.maximum(rho, np.float32(1e-6))
         cos1, sin1 = u * inv, v * inv
-        cos_k, sin_k = cos1, sin1
+        cos_m, sin_m = cos1, sin1
         boundary = np.ones_like(rho)
-        for k in range(amp.shape[1]):
-            cos_k, sin_k = cos_k * cos1 - sin_k * sin1, sin_k * cos1 + cos_k * sin1  # angle (k+2)
-            # amp * cos(m*angle + phase) = amp*cos(phase)*cos(m*angle) - amp*sin(phase)*sin(m*angle)
-            boundary += (col(amp[:, k] * np.cos(phase[:, k])) * cos_k
-                         - col(amp[:, k] * np.sin(phase[:, k])) * sin_k)
+        for k in range(len(amp)):
+            cos_m, sin_m = cos_m * cos1 - sin_m * sin1, sin_m * cos1 + cos_m * sin1  # m = k + 2
+            # amp cos(m angle + phase) = amp cos(phase) cos(m angle) - amp sin(phase) sin(m angle)
+            boundary += np.float32(amp[k] * np.cos(phase[k])) * cos_m - np.float32(amp[k] * np.sin(phase[k])) * sin_m
         rho *= 1.0 / np.clip(boundary, 0.5, None)
     return rho
 
