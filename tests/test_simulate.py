@@ -102,7 +102,8 @@ def test_plate_files_naming_dtype_and_tables(tmp_path):
     assert truth["site_id"].tolist() == [f"P1:{w}:1" for w in wells]
     assert [c for c in truth.columns if c.startswith("bio_")] == [f"bio_{f}" for f in FACTOR_NAMES]
     batch_cols = [c for c in truth.columns if c.startswith("batch_")]
-    assert {"batch_blur_sigma", "batch_gain_dna", "batch_offset_mito", "batch_edge_multiplier"} <= set(batch_cols)
+    assert {"batch_blur_sigma", "batch_gain_dna", "batch_offset_mito",
+            "batch_edge_multiplier"} <= set(batch_cols)
     assert len(truth.columns) == 4 + len(FACTOR_NAMES) + len(batch_cols)
     assert np.isfinite(truth.drop(columns=["site_id", "plate", "well"]).to_numpy(float)).all()
 

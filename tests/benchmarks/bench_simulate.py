@@ -49,12 +49,14 @@ def main() -> None:
     rows, total, total_cpu = [], 0.0, 0.0
     for plate, batch in PLATES:
         started, started_cpu = time.perf_counter(), time.process_time()
-        simulate_plate(plate, batch, images_root=root / "images", platemap_path=root / "platemaps" / f"{plate}.csv",
+        simulate_plate(plate, batch, images_root=root / "images",
+                       platemap_path=root / "platemaps" / f"{plate}.csv",
                        truth_path=root / "truth" / f"{plate}.tsv", params=None, seed=0)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
         total += seconds
         total_cpu += cpu_seconds
-        rows.append({"plate": plate, "batch": batch, "wall_s": round(seconds, 2), "cpu_s": round(cpu_seconds, 2)})
+        rows.append({"plate": plate, "batch": batch, "wall_s": round(seconds, 2),
+                     "cpu_s": round(cpu_seconds, 2)})
     n_sites = DEFAULT_PARAMS["n_rows"] * DEFAULT_PARAMS["n_cols"] * DEFAULT_PARAMS["n_sites"]
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"\nimage {DEFAULT_PARAMS['image_size']} px, {n_sites} sites x {len(CHANNELS)} channels per plate, "

@@ -3,9 +3,9 @@
 Output of ``simulate_plate`` for plate ``P`` (RxRx layout, channel tokens 1..5 =
 DNA, ER, RNA, AGP, Mito; wells like ``B03``; sites 1-based)::
 
-    {images_root}/P/{well}_s{site}_w{token}.tif   uint16, one per site and channel
-    {platemap_path}                               CSV: well, perturbation, is_control, mechanism, dose_uM
-    {truth_path}                                  TSV: site_id, plate, well, site, bio_<factor>..., batch_<parameter>...
+    {images_root}/P/{well}_s{site}_w{token}.tif  uint16, one per site and channel
+    {platemap_path}  CSV: well, perturbation, is_control, mechanism, dose_uM
+    {truth_path}     TSV: site_id, plate, well, site, bio_<factor>..., batch_<parameter>...
 
 Randomness is scoped (see ``params.rng_for``): the design by the seed only; batch parameters by
 the seed and the batch name; plate parameters and the plate layout by the seed and the plate
@@ -14,6 +14,7 @@ name; well biology by seed, plate and well; cells and camera noise by seed, plat
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from ..identifiers import check_identifier, well_name
 from ..io import atomic_path, write_tsv
 from ..logs import get_logger, progress
 from .design import CHANNELS, CHANNEL_NAMES, CONTROL_NAME, EFFECT_COLUMNS, FACTOR_NAMES, design_screen
-from .params import plate_shape, resolve_params, rng_for
+from .params import DEFAULT_PARAMS, plate_shape, resolve_params, rng_for
 from .render import SiteOptics, apply_optics, render_cells
 
 log = get_logger(__name__)
@@ -55,6 +56,7 @@ class PlateParameters:
     """Technical parameters of one plate, on top of its batch's."""
 
     log_gain: np.ndarray  # per channel
+    offset_delta: np.ndarray  # per channel, ADU
     blur_delta: float
     edge_multiplier: float  # applied to edge wells only
 
@@ -94,8 +96,10 @@ def plate_parameters(plate: str, params: Mapping[str, Any] | None = None, seed: 
     log_gain = rng.normal(0.0, 1.0, len(CHANNEL_NAMES))
     blur = rng.normal(0.0, 1.0)
     edge = rng.uniform(0.5, 1.5)
+    offset = rng.normal(0.0, 1.0, len(CHANNEL_NAMES))
     return PlateParameters(
         log_gain=p["plate_gain_sd"] * scale * log_gain,
+        offset_delta=p["plate_offset_sd"] * scale * offset,
         blur_delta=float(p["plate_blur_sd"] * scale * blur),
         edge_multiplier=float(1.0 + p["edge_effect"] * scale * edge),
     )
@@ -141,8 +145,9 @@ def plate_layout(plate: str, params: Mapping[str, Any] | None = None, seed: int 
     # one shuffled copy of the list per block, so counts differ by at most one
     sequence = np.concatenate([rng.permutation(treated) for _ in range(n_blocks)])[:len(treated_idx)]
     if len(treated_idx) < len(treated):
-        log.warning("plate %s: %d treated wells for %d perturbations; %d are not on this plate",
-                    plate, len(treated_idx), len(treated), len(treated) - len(treated_idx))
+        log.warning("plate %s: only %d treated wells for %d perturbations; %d perturbation(s) "
+                    "left off this plate", plate, len(treated_idx), len(treated),
+                    len(treated) - len(treated_idx))
 
     perturbation = np.empty(n_wells, dtype=object)
     perturbation[control_idx] = CONTROL_NAME
@@ -161,7 +166,7 @@ def site_optics(batch: BatchParameters, plate: PlateParameters, is_edge: bool,
     jitter = p["site_blur_sd"] * p["batch_effect_scale"] * rng.normal()
     return SiteOptics(
         gain=np.exp(batch.log_gain + plate.log_gain),
-        offset=batch.offset,
+        offset=np.clip(batch.offset + plate.offset_delta, 0.0, None),
         background=batch.background,
         blur_sigma=float(max(0.0, batch.blur_sigma + plate.blur_delta + jitter)),
         vignetting=batch.vignetting,
@@ -211,10 +216,10 @@ def simulate_plate(plate: str, batch: str, *, images_root: str | os.PathLike,
         ``well_sd`` (0.3), ``cell_sd`` (1.0). Cells: ``cells_per_site`` (16),
         ``nucleus_radius`` (5 px), ``cell_radius`` (11 px), ``puncta_per_cell`` (20).
         Technical: ``batch_effect_scale`` (1.0 multiplies all of them), ``batch_gain_sd``
-        (0.35, log), ``plate_gain_sd`` (0.08, log), ``offset_mean`` / ``offset_sd``
-        (100 / 40 ADU), ``background`` (40 photons), ``background_sd`` (0.5, log),
-        ``blur_max`` (1.5 px), ``plate_blur_sd`` (0.2 px), ``site_blur_sd`` (0.15 px),
-        ``vignetting_max`` (0.5), ``edge_effect`` (0.2). Camera: ``photons`` (400),
+        (0.35, log), ``plate_gain_sd`` (0.08, log), ``offset_mean`` / ``offset_sd`` /
+        ``plate_offset_sd`` (100 / 40 / 8 ADU), ``background`` (40 photons),
+        ``background_sd`` (0.5, log), ``blur_max`` (1.5 px), ``plate_blur_sd`` (0.2 px),
+        ``site_blur_sd`` (0.15 px), ``vignetting_max`` (0.5), ``edge_effect`` (0.2). Camera: ``photons`` (400),
         ``adu_per_photon`` (4), ``read_noise`` (5 ADU). See ``params.PARAM_DOCS``.
     seed
         Global seed.
@@ -223,6 +228,9 @@ def simulate_plate(plate: str, batch: str, *, images_root: str | os.PathLike,
     batch = check_identifier(batch, "batch", source="simulate_plate")
     p = resolve_params(params)
     started = time.perf_counter()
+    changed = {k: v for k, v in p.items() if v != DEFAULT_PARAMS[k]}
+    log.info("simulating plate %s (batch %s), seed %d, parameters changed from the defaults: %s",
+             plate, batch, seed, json.dumps(changed, sort_keys=True))
 
     design = design_screen(p, seed)
     layout = plate_layout(plate, p, seed, design)
@@ -238,7 +246,8 @@ def simulate_plate(plate: str, batch: str, *, images_root: str | os.PathLike,
         for well, perturbation in progress(zip(layout["well"], layout["perturbation"]),
                                            desc=f"simulate {plate}", total=len(layout)):
             well_rng = rng_for(seed, "well", plate, well)
-            well_factors = effects.loc[perturbation].to_numpy() + well_rng.normal(0.0, p["well_sd"], n_factors)
+            well_factors = (effects.loc[perturbation].to_numpy()
+                            + well_rng.normal(0.0, p["well_sd"], n_factors))
             for site in range(1, p["n_sites"] + 1):
                 images, site_factors = render_cells(rng_for(seed, "cells", plate, well, site),
                                                     well_factors, p)

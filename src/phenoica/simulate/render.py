@@ -80,7 +80,7 @@ def render_cells(rng: np.random.Generator, well_factors: np.ndarray, p: dict[str
         value when the site has no cells) and the well value for site-level factors.
     """
     size = p["image_size"]
-    n_factors = len(FACTOR_NAMES)
+    well_factors = np.asarray(well_factors, dtype=float)
     density = well_factors[_F["cell_density"]]
     mean_cells = p["cells_per_site"] * np.exp(_scale("cell_density") * density)
     n_cells = int(min(rng.poisson(mean_cells), np.ceil(_MAX_CELLS_FACTOR * p["cells_per_site"]) + 5))
@@ -88,10 +88,10 @@ def render_cells(rng: np.random.Generator, well_factors: np.ndarray, p: dict[str
     n_cells = len(nuclei_xy)
 
     cell_factors = np.repeat(well_factors[None, :], n_cells, axis=0)
-    cell_factors[:, _CELL_LEVEL] += rng.normal(0.0, p["cell_sd"], size=(n_cells, int(_CELL_LEVEL.sum())))
-    site_factors = cell_factors.mean(axis=0) if n_cells else np.asarray(well_factors, float).copy()
-    site_factors[~_CELL_LEVEL] = np.asarray(well_factors)[~_CELL_LEVEL]
-    assert site_factors.shape == (n_factors,)
+    cell_factors[:, _CELL_LEVEL] += rng.normal(0.0, p["cell_sd"],
+                                               size=(n_cells, int(_CELL_LEVEL.sum())))
+    site_factors = cell_factors.mean(axis=0) if n_cells else well_factors.copy()
+    site_factors[~_CELL_LEVEL] = well_factors[~_CELL_LEVEL]
 
     images = np.zeros((len(CHANNEL_NAMES), size, size), dtype=np.float32)
     if n_cells == 0:
@@ -212,7 +212,8 @@ def _cell_geometry(rng: np.random.Generator, nuclei_xy: np.ndarray, cell_factors
                    p: dict[str, Any]) -> dict[str, np.ndarray]:
     n = len(nuclei_xy)
     nr = p["nucleus_radius"] * np.exp(_scale("nucleus_size") * cell_factors[:, _F["nucleus_size"]])
-    log_aspect = _BASE_NUCLEUS_LOG_ASPECT + _scale("nucleus_elongation") * cell_factors[:, _F["nucleus_elongation"]]
+    log_aspect = (_BASE_NUCLEUS_LOG_ASPECT
+                  + _scale("nucleus_elongation") * cell_factors[:, _F["nucleus_elongation"]])
     aspect = np.exp(log_aspect)  # area-preserving, so size and elongation stay separate factors
     ntheta = rng.uniform(0.0, np.pi, n)
     cr = p["cell_radius"] * np.exp(_scale("cell_size") * cell_factors[:, _F["cell_size"]])
@@ -303,7 +304,8 @@ def _ellipse_rho(xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, a: float,
         for k in range(len(amp)):
             cos_m, sin_m = cos_m * cos1 - sin_m * sin1, sin_m * cos1 + cos_m * sin1  # m = k + 2
             # amp cos(m angle + phase) = amp cos(phase) cos(m angle) - amp sin(phase) sin(m angle)
-            boundary += np.float32(amp[k] * np.cos(phase[k])) * cos_m - np.float32(amp[k] * np.sin(phase[k])) * sin_m
+            boundary += (np.float32(amp[k] * np.cos(phase[k])) * cos_m
+                         - np.float32(amp[k] * np.sin(phase[k])) * sin_m)
         rho *= 1.0 / np.clip(boundary, 0.5, None)
     return rho
 
