@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from phenoica.errors import ConfigError, InputError
 from phenoica.ingest import QC_DEFAULTS, focus_score, image_stats, ingest_plate, resolve_qc
+from phenoica.io import images as images_module
 from phenoica.io.images import read_image
 from phenoica.sheet import read_plate_sheet
 
@@ -302,7 +303,7 @@ def test_truncated_png_and_unreadable_files(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="image file not found"):
         read_image(tmp_path / "absent.tif")
     with monkeypatch.context() as patched:  # root ignores file modes, so simulate EACCES
-        patched.setattr(tifffile, "TiffFile", denied)
+        patched.setattr(images_module, "open", denied, raising=False)
         with pytest.raises(InputError, match=r"good\.tif: cannot open image file \(PermissionError"):
             read_image(good)
     inf = np.ones((8, 8), np.float32)

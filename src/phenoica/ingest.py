@@ -85,31 +85,57 @@ def focus_score(image: np.ndarray) -> float:
     img = image.astype(np.float32, copy=False)
     if img.shape[0] < 3 or img.shape[1] < 3:
         return 0.0
-    lap = (img[:-2, 1:-1] + img[2:, 1:-1] + img[1:-1, :-2] + img[1:-1, 2:]
-           - 4.0 * img[1:-1, 1:-1])
     mean = float(img.mean(dtype=np.float64))
     if mean <= 0:
         return 0.0
-    return float(lap.var(dtype=np.float64)) / (mean * mean)
+    lap = img[:-2, 1:-1] + img[2:, 1:-1]
+    lap += img[1:-1, :-2]
+    lap += img[1:-1, 2:]
+    lap -= 4.0 * img[1:-1, 1:-1]
+    return _variance(lap) / (mean * mean)
+
+
+def _variance(values: np.ndarray) -> float:
+    """Population variance via one BLAS dot of the centred values (much faster than
+    ``var(dtype=float64)``, which converts the whole array first)."""
+    flat = values.ravel()
+    centred = flat - np.float32(flat.mean(dtype=np.float64))
+    return float(np.dot(centred, centred)) / flat.size
 
 
 def image_stats(image: np.ndarray, saturation_value: float | None = None) -> dict:
-    """Intensity statistics, saturated and zero-pixel fractions, and focus score of one image."""
+    """Intensity statistics, saturated and zero-pixel fractions, and focus score of one image.
+
+    Percentiles use the inverted-CDF definition (an observed pixel value). 8/16-bit unsigned
+    images go through one histogram instead of sorting, which is several times faster on large
+    images.
+    """
     n = image.size
-    p01, p99 = np.percentile(image, [1, 99])
     ceiling = saturation_value
     if ceiling is None and np.issubdtype(image.dtype, np.integer):
         ceiling = np.iinfo(image.dtype).max
-    saturated = float(np.count_nonzero(image >= ceiling)) / n if ceiling is not None else np.nan
+    if image.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(image.ravel())
+        cdf = np.cumsum(counts)
+        p01, p99 = np.searchsorted(cdf, [0.01 * n, 0.99 * n], side="left")
+        lowest = int(np.flatnonzero(counts)[0])
+        highest = len(counts) - 1
+        n_zero = int(counts[0])
+        n_saturated = int(counts[int(np.ceil(ceiling)):].sum()) if ceiling is not None else 0
+    else:
+        p01, p99 = np.percentile(image, [1, 99], method="inverted_cdf")
+        lowest, highest = image.min(), image.max()
+        n_zero = int(np.count_nonzero(image == 0))
+        n_saturated = int(np.count_nonzero(image >= ceiling)) if ceiling is not None else 0
     return {
         "mean": float(image.mean(dtype=np.float64)),
-        "std": float(image.std(dtype=np.float64)),
-        "min": float(image.min()),
-        "max": float(image.max()),
+        "std": float(np.sqrt(_variance(image.astype(np.float32, copy=False)))),
+        "min": float(lowest),
+        "max": float(highest),
         "p01": float(p01),
         "p99": float(p99),
-        "saturated_fraction": saturated,
-        "zero_fraction": float(np.count_nonzero(image == 0)) / n,
+        "saturated_fraction": n_saturated / n if ceiling is not None else np.nan,
+        "zero_fraction": n_zero / n,
         "focus_score": focus_score(image),
     }
 
@@ -234,7 +260,8 @@ def _read_and_measure(sites: pd.DataFrame, chans: list[Channel], qc_cfg: Mapping
     bar = progress(total=len(jobs), desc=f"ingest {plate}", unit="site")
     rows: list[dict] = []
     with bar, ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-        for site_rows in pool.map(_site_stats, jobs):
+        results = pool.map(_site_stats, jobs) if threads > 1 else map(_site_stats, jobs)
+        for site_rows in results:
             rows += site_rows
             bar.update(1)
     return pd.DataFrame.from_records(rows)

@@ -69,29 +69,50 @@ def check_finite_pixels(arr: np.ndarray, source: str | os.PathLike) -> None:
 
 
 def _read_tiff(p: Path) -> np.ndarray:
+    """libtiff (imagecodecs) first: several times faster than tifffile on small files, which
+    matters for plates of thousands of images. Whatever libtiff refuses goes through tifffile,
+    which either reads it or says precisely what is wrong."""
+    import imagecodecs
+
+    with open(p, "rb") as handle:
+        data = handle.read()
+    try:
+        return imagecodecs.tiff_decode(data)
+    except Exception:  # noqa: BLE001 - diagnosed (or read) by tifffile below
+        return _read_tiff_tifffile(p)
+
+
+def _read_tiff_tifffile(p: Path) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(p) as tif:
+        file_size = tif.filehandle.size
+        if len(tif.pages) == 1:  # the common case; skips tifffile's slower series detection
+            page = tif.pages.first
+            _check_tiff_page(p, page, file_size)
+            return page.asarray()
         if not tif.series:
             raise InputError(p, "corrupt or unreadable image: the TIFF holds no image data")
         series = tif.series[0]
-        file_size = tif.filehandle.size
         for page in series.pages:
-            if page is None:
-                continue
-            keyframe = page.keyframe
-            compression = int(keyframe.compression)
-            if compression not in tifffile.TIFF.DECOMPRESSORS:
-                raise InputError(
-                    p, f"unsupported TIFF compression {_compression_name(compression)} "
-                       "(tifffile + imagecodecs cannot decode it; re-export as uncompressed, "
-                       "LZW, deflate or zstd)")
-            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-            if ends and max(ends) > file_size:
-                raise InputError(
-                    p, f"truncated TIFF: image data should end at byte {max(ends)} but the file "
-                       f"has only {file_size} bytes")
+            if page is not None:
+                _check_tiff_page(p, page, file_size)
         return series.asarray()
+
+
+def _check_tiff_page(p: Path, page, file_size: int) -> None:
+    """Refuse compressions nobody can decode and strips/tiles past the end of the file."""
+    import tifffile
+
+    compression = int(page.keyframe.compression)
+    if compression not in tifffile.TIFF.DECOMPRESSORS:
+        raise InputError(p, f"unsupported TIFF compression {_compression_name(compression)} "
+                            "(tifffile + imagecodecs cannot decode it; re-export as uncompressed, "
+                            "LZW, deflate or zstd)")
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+    if ends and max(ends) > file_size:
+        raise InputError(p, f"truncated TIFF: image data should end at byte {max(ends)} but the "
+                            f"file has only {file_size} bytes")
 
 
 def _compression_name(code: int) -> str:
