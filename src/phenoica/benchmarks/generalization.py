@@ -527,18 +527,37 @@ def _hide_test_labels(obs: pd.DataFrame, test: np.ndarray) -> pd.DataFrame:
     return hidden
 
 
+def fit_rows(obs: pd.DataFrame, fit_on: str = "all") -> np.ndarray:
+    """Wells a method may be fitted on before the fold is applied: ``all`` or ``controls``
+    (the postprocess ``fit_on`` setting; ``train_batches`` means all here, since the fold
+    chooses the training batches)."""
+    if fit_on in ("all", "train_batches"):
+        return np.ones(len(obs), dtype=bool)
+    if fit_on == "controls":
+        return obs["is_control"].to_numpy(bool)
+    raise ConfigError(f"postprocess.fit_on: {fit_on!r} is not all, controls or train_batches")
+
+
 def fold_embedding(factory: MethodFactory, method: str, method_params: Mapping[str, Any],
-                   X: np.ndarray, obs: pd.DataFrame, fold: Fold) -> tuple[np.ndarray, bool]:
-    """The method fitted for one fold and applied to all wells -> (Z float32, transductive)."""
+                   X: np.ndarray, obs: pd.DataFrame, fold: Fold, *,
+                   fit_on: str = "all") -> tuple[np.ndarray, bool]:
+    """The method fitted for one fold and applied to all wells -> (Z float32, transductive).
+
+    Inductive methods are fitted on the training wells selected by ``fit_on``; transductive ones
+    on the ``fit_on`` wells of training and test batches with the test labels hidden, and then
+    transform that same hidden-label view.
+    """
     model = factory(method, **dict(method_params))
     transductive = bool(getattr(model, "transductive", False))
+    allowed = fit_rows(obs, fit_on)
     if transductive:
         hidden = _hide_test_labels(obs, fold.test)
-        model.fit(X, hidden)
+        rows = np.flatnonzero(allowed)
+        model.fit(X[rows], hidden.iloc[rows])
         Z = model.transform(X, hidden)
     else:
-        train = fold.train
-        model.fit(X[train], obs.iloc[np.flatnonzero(train)])
+        rows = np.flatnonzero(allowed & fold.train)
+        model.fit(X[rows], obs.iloc[rows])
         Z = model.transform(X, obs)
     Z = np.asarray(Z, dtype=np.float32)
     if Z.shape[0] != X.shape[0] or not np.isfinite(Z).all():
@@ -557,7 +576,8 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
                     params: Mapping[str, Any] | None = None,
                     relations: pd.DataFrame | None = None,
                     method_factory: MethodFactory | None = None,
-                    name: str | None = None, source: str = "wells") -> pd.DataFrame:
+                    name: str | None = None, fit_on: str = "all",
+                    source: str = "wells") -> pd.DataFrame:
     """Run every configured task for one post-processing method over all folds.
 
     Parameters
@@ -575,6 +595,8 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
         biology label when there is one.
     name
         Value of the ``method`` column (default ``method``).
+    fit_on
+        ``all`` or ``controls``: which training wells the method is fitted on (postprocess.fit_on).
     source
         Name used in error messages (the wells file).
 
@@ -623,7 +645,8 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
     pooled: dict[str, list] = {t: [] for t in TASKS}
     transductive = False
     for fold in progress(folds, desc=f"benchmark {name or method}"):
-        Z, transductive = fold_embedding(factory, method, method_params or {}, X, obs, fold)
+        Z, transductive = fold_embedding(factory, method, method_params or {}, X, obs, fold,
+                                         fit_on=fit_on)
         train_idx, test_idx = np.flatnonzero(fold.train), np.flatnonzero(fold.test)
         obs_tr, obs_te = obs.iloc[train_idx], obs.iloc[test_idx]
         rows += [_rows("protocol", "n_train_wells", len(train_idx), fold.name),
@@ -723,24 +746,9 @@ def _pooled_rows(pooled: dict[str, list], p: Mapping[str, Any], label: str | Non
     return rows
 
 
-def _representation(adata, layer: str | None, source: str) -> np.ndarray:
-    if layer in (None, "", "X"):
-        X = adata.X
-    else:
-        candidates = [layer, f"X_{layer}", f"X_layer{layer}"]
-        key = next((k for k in candidates if k in adata.obsm), None)
-        if key is None:
-            raise InputError(source, f"layer {layer!r} not found in obsm (have {list(adata.obsm)})")
-        X = adata.obsm[key]
-    X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32)
-    if not np.isfinite(X).all():
-        raise InputError(source, "representation contains NaN or infinite values")
-    return X
-
-
 def run_generalization(wells_path: str, *, out_tsv: str, method: str, method_params: dict,
                        params: dict | None = None, relations_path: str | None = None,
-                       layer: str | None = None, name: str | None = None,
+                       layer: str | None = None, name: str | None = None, fit_on: str = "all",
                        method_factory: MethodFactory | None = None) -> None:
     """Held-out-batch benchmarks of one post-processing method on a wells AnnData -> long TSV.
 
@@ -748,20 +756,25 @@ def run_generalization(wells_path: str, *, out_tsv: str, method: str, method_par
     ``params``: the ``benchmark`` config section (``DEFAULT_PARAMS``; ``labels`` from the config
     accepted); ``relations_path``: related-pairs table for the relationships task; ``layer``:
     None for ``X`` or an ``obsm`` key (``X_layer2``); ``name``: the ``method`` column (default
-    ``method``). Writes ``out_tsv`` atomically with columns ``TABLE_COLUMNS``.
+    ``method``); ``fit_on``: postprocess.fit_on (``all`` or ``controls``). Writes ``out_tsv``
+    atomically with columns ``TABLE_COLUMNS``.
     """
+    from ..postprocess.run import select_layer
+
     effective = resolve_params(params)
     log.info("benchmark %s (%s %s) on %s, params %s", name or method, method,
              json.dumps(method_params, sort_keys=True, default=str), wells_path,
              json.dumps(effective, sort_keys=True, default=str))
     try:
         adata = read_h5ad(wells_path)
-    except FileNotFoundError as exc:
-        raise InputError(wells_path, "wells file not found") from exc
-    X = _representation(adata, layer, wells_path)
+    except (OSError, KeyError) as exc:
+        raise InputError(wells_path, f"cannot read as AnnData: {exc}") from exc
+    X = select_layer(adata, layer, wells_path)
+    if not np.isfinite(X).all():
+        raise InputError(wells_path, "the representation contains NaN or infinite values")
     relations = read_relations(relations_path) if relations_path else None
     table = evaluate_method(X, adata.obs, method=method, method_params=method_params,
                             params=params, relations=relations, method_factory=method_factory,
-                            name=name, source=wells_path)
+                            name=name, fit_on=fit_on, source=wells_path)
     write_tsv(table, out_tsv)
     log.info("wrote %d rows to %s", len(table), out_tsv)
