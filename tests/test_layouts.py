@@ -249,3 +249,20 @@ def test_plate_image_files_lists_without_reading(tmp_path):
     fly = plate_image_files({"plate": "f", "layout": "pattern", "path": FLY, "pattern": FLY_PATTERN},
                             FLY_CHANNELS)
     assert len(fly) == 9
+
+
+def test_fast_listing_matches_the_parsed_table(tmp_path):
+    """plate_image_files (DAG-time listing) returns exactly the files ingest parses."""
+    write_rxrx_plate(tmp_path / "P1")
+    (tmp_path / "P1" / "A01_s1_w9.tif").write_bytes(b"")  # token not configured
+    csv = loaddata_csv(tmp_path / "ld.csv", [phenix_loaddata_rows()])
+    rows = [
+        ({"plate": "P1", "layout": "rxrx", "path": str(tmp_path)}, RXRX_CHANNELS),
+        ({"plate": "P", "layout": "phenix", "path": PHENIX}, PHENIX_CHANNELS),
+        ({"plate": "BR00143976", "layout": "loaddata", "path": str(csv)}, LOADDATA_CHANNELS),
+        ({"plate": "f", "layout": "pattern", "path": FLY, "pattern": FLY_PATTERN}, FLY_CHANNELS),
+    ]
+    for row, channels in rows:
+        parsed = sorted(list_plate_images(row, channels)["path"])
+        assert plate_image_files(row, channels) == parsed, row["layout"]
+        assert parsed

@@ -28,7 +28,14 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .io.images import read_image
-from .io.layouts import Channel, list_plate_images, parse_channels, plate_folder, sites_table
+from .io.layouts import (
+    Channel,
+    list_image_paths,
+    list_plate_images,
+    parse_channels,
+    plate_folder,
+    sites_table,
+)
 from .io.atomic import atomic_path
 from .logs import get_logger, progress
 from .sheet import check_plate_row, read_platemap
@@ -75,8 +82,7 @@ def plate_image_files(plate_row: Mapping, channels: Sequence[Mapping]) -> list[s
     Returns ``[]`` when the folder or LoadData CSV does not exist yet (e.g. the demo simulator has
     not run). Files whose names do not parse are left out here; ``ingest_plate`` reports them.
     """
-    table = list_plate_images(plate_row, channels, strict=False)
-    return table["path"].tolist()
+    return list_image_paths(plate_row, channels)
 
 
 def focus_score(image: np.ndarray) -> float:

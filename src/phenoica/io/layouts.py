@@ -59,6 +59,7 @@ RXRX_RE = re.compile(
 PHENIX_RE = re.compile(
     r"r(?P<row>[0-9]{2,3})c(?P<col>[0-9]{2,3})f(?P<site>[0-9]{2,4})p(?P<plane>[0-9]{2,3})"
     r"-ch(?P<channel>[0-9]+)sk(?P<timepoint>[0-9]+)fk[0-9]+fl[0-9]+\.tiff?", re.IGNORECASE)
+_SUFFIX_TUPLE = tuple(sorted(IMAGE_SUFFIXES))
 REMOTE_PREFIXES = ("s3://", "gs://", "http://", "https://", "ftp://")
 
 
@@ -175,6 +176,52 @@ def list_plate_images(plate_row: Mapping, channels: Sequence[Mapping] | Sequence
     return table.drop(columns="_ch").reset_index(drop=True)
 
 
+def list_image_paths(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[Channel]
+                     ) -> list[str]:
+    """Paths of the plate's image files, sorted, without parsing wells or reading pixels.
+
+    The fast, lenient listing behind :func:`phenoica.ingest.plate_image_files` (Snakemake input
+    functions run it for every plate when the DAG is built): a missing folder or CSV gives
+    ``[]``; files whose well or site would not parse are included and reported by ingest.
+    """
+    chans = _as_channels(channels)
+    layout = str(plate_row.get("layout", ""))
+    if layout == "loaddata":
+        return sorted(r["path"] for r in _loaddata_records(plate_row, chans, strict=False))
+    if layout not in ("rxrx", "phenix", "pattern"):
+        return []
+    folder = plate_folder(plate_row)
+    if not folder.is_dir():
+        return []
+    if layout == "rxrx":
+        regex, recursive = RXRX_RE, False
+    elif layout == "phenix":
+        regex, recursive = PHENIX_RE, False
+    else:
+        pattern = str(plate_row.get("pattern") or "")
+        try:
+            regex = check_pattern(pattern)
+        except ConfigError:
+            return []
+        recursive = "/" in pattern
+    tokens = {_token_key(c.token) for c in chans}
+    plate = str(plate_row["plate"])
+    paths = []
+    for rel, path in _iter_files(folder, recursive):
+        match = regex.fullmatch(rel)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        if _token_key(groups["channel"] or "") not in tokens:
+            continue
+        if groups.get("plate") is not None and groups["plate"] != plate:
+            continue
+        if layout == "phenix" and (int(groups["plane"]) != 1 or int(groups["timepoint"]) != 1):
+            continue
+        paths.append(path)
+    return sorted(paths)
+
+
 def _as_channels(channels: Sequence[Mapping] | Sequence[Channel]) -> list[Channel]:
     if channels and all(isinstance(c, Channel) for c in channels):
         return list(channels)  # type: ignore[arg-type]
@@ -234,14 +281,15 @@ def _iter_files(folder: Path, recursive: bool) -> Iterator[tuple[str, str]]:
     if not recursive:
         with os.scandir(folder) as entries:
             names = sorted(e.name for e in entries
-                           if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+                           if e.name.lower().endswith(_SUFFIX_TUPLE) and e.is_file())
+        prefix = os.path.join(folder, "")
         for name in names:
-            yield name, os.path.join(folder, name)
+            yield name, prefix + name
         return
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if name.lower().endswith(_SUFFIX_TUPLE):
                 full = os.path.join(dirpath, name)
                 yield Path(os.path.relpath(full, folder)).as_posix(), full
 
