@@ -105,6 +105,8 @@ CryptoType=crypto/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
+TaskProlog=$CONF_DIR/task_prolog.sh
+AccountingStoreFlags=job_comment
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
@@ -136,6 +138,11 @@ ConstrainCores=no
 ConstrainRAMSpace=no
 ConstrainDevices=no"
 
+# Every task (batch script and srun step) appends its GPU environment to task_env.log, so tests
+# can check that GPU jobs ran with CUDA_VISIBLE_DEVICES set.
+NEW_PROLOG='#!/bin/sh
+echo "job=$SLURM_JOB_ID step=${SLURM_STEP_ID:-batch} CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}" >> '"$LOG_DIR"'/task_env.log'
+
 changed=0
 write_if_changed() {  # path mode content
     if [ ! -f "$1" ] || [ "$(cat "$1")" != "$3" ]; then
@@ -146,6 +153,7 @@ write_if_changed() {  # path mode content
 write_if_changed "$CONF_DIR/slurm.conf" 644 "$NEW_CONF"
 write_if_changed "$CONF_DIR/gres.conf" 644 "$NEW_GRES"
 write_if_changed "$CONF_DIR/cgroup.conf" 644 "$NEW_CGROUP"
+write_if_changed "$CONF_DIR/task_prolog.sh" 755 "$NEW_PROLOG"
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -1,0 +1,229 @@
+"""The ``phenoica`` command.
+
+``phenoica profile install slurm --account A --partition P [--gpu-partition G]`` writes a
+Snakemake profile for snakemake-executor-plugin-slurm to ``~/.config/snakemake/slurm/``, one of
+the places Snakemake searches for ``--profile slurm``, so ``snakemake --profile slurm`` works
+as typed from the project folder. ``phenoica profile show slurm ...`` prints it instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import string
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .errors import InputError, PhenoicaError
+from .identifiers import check_identifier
+from .io.atomic import atomic_write_text
+from .logs import get_logger
+
+log = get_logger("cli")
+
+PROFILE_NAMES = ("slurm",)
+STATUS_COMMANDS = ("sacct", "squeue")
+# Rules that run on a GPU in the Slurm profile (they get gpu=1, cpus_per_gpu, the GPU partition).
+GPU_RULES = ("train_model", "embed_plate")
+
+
+def user_profile_dir(name: str) -> Path:
+    """Where Snakemake looks for ``--profile NAME`` in the user's config folder.
+
+    Snakemake uses platformdirs' user config dir, i.e. ``$XDG_CONFIG_HOME/snakemake`` or
+    ``~/.config/snakemake`` on Linux.
+    """
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "snakemake" / name
+
+
+def profile_template(name: str) -> str:
+    """The text of a shipped profile template (``src/phenoica/profiles/<name>/config.yaml``)."""
+    if name not in PROFILE_NAMES:
+        raise InputError("profile", f"unknown profile {name!r}; available: {', '.join(PROFILE_NAMES)}")
+    return resources.files("phenoica.profiles").joinpath(name, "config.yaml").read_text()
+
+
+def _positive(value: int, option: str) -> int:
+    if int(value) < 1:
+        raise InputError(option, f"must be a positive integer, got {value}")
+    return int(value)
+
+
+def render_slurm_profile(
+    account: str,
+    partition: str,
+    gpu_partition: str | None = None,
+    *,
+    gpu_model: str | None = None,
+    cpus_per_gpu: int = 4,
+    jobs: int = 100,
+    group_size: int = 20,
+    status_command: str | None = None,
+    status_wait_s: int = 40,
+    max_cores: int = 8,
+    max_mem_mb: int = 64000,
+) -> str:
+    """Fill the Slurm profile template and return the YAML text.
+
+    Parameters
+    ----------
+    account, partition
+        Slurm account (``sbatch -A``) and the partition for CPU jobs.
+    gpu_partition
+        Partition for the GPU rules (train, embed); ``partition`` when not given.
+    gpu_model
+        Optional GPU type (``sbatch --gpus=<model>:1``), as the cluster names it in gres.conf.
+    cpus_per_gpu
+        CPU cores per GPU job (also the threads of the GPU rules).
+    jobs
+        Most Slurm jobs in the queue at once.
+    group_size
+        How many plates one grouped per-plate CPU job (simulate, ingest) handles.
+    status_command
+        ``sacct`` (needs slurmdbd accounting) or ``squeue`` (needs a MinJobAge of a few minutes);
+        left to the executor's auto-detection when None.
+    status_wait_s
+        Seconds before the executor's first status check, and the base of its polling interval.
+    max_cores, max_mem_mb
+        The most cores and memory (MB) one Slurm job may ask for: they cap a job's threads and
+        memory (also a retry's mem_mb x attempt) and set how many grouped plates run side by
+        side in one job. ``max_cores`` is raised to ``cpus_per_gpu`` if lower.
+    """
+    account = check_identifier(account, "Slurm account", "--account")
+    partition = check_identifier(partition, "Slurm partition", "--partition")
+    gpu_partition = check_identifier(gpu_partition or partition, "Slurm partition", "--gpu-partition")
+    if gpu_model is not None:
+        gpu_model = check_identifier(gpu_model, "GPU model", "--gpu-model")
+    if status_command is not None and status_command not in STATUS_COMMANDS:
+        raise InputError(
+            "--status-command", f"{status_command!r} is not one of {', '.join(STATUS_COMMANDS)}"
+        )
+    values = {
+        "account": account,
+        "partition": partition,
+        "gpu_partition": gpu_partition,
+        "cpus_per_gpu": _positive(cpus_per_gpu, "--cpus-per-gpu"),
+        "jobs": _positive(jobs, "--jobs"),
+        "group_size": _positive(group_size, "--group-size"),
+        "status_wait": _positive(status_wait_s, "--status-wait"),
+        "max_cores": max(_positive(max_cores, "--max-cores"), int(cpus_per_gpu)),
+        "max_mem_mb": _positive(max_mem_mb, "--max-mem-mb"),
+        "gpu_spec": f"{gpu_model}:1" if gpu_model else "1",
+        "gpu_model": f'    gpu_model: "{gpu_model}"\n' if gpu_model else "",
+        "status_command": f"slurm-status-command: {status_command}\n" if status_command else "",
+    }
+    text = string.Template(profile_template("slurm")).substitute(values)
+    yaml.safe_load(text)  # a template bug must fail here, not in the user's next snakemake run
+    return text
+
+
+def install_profile(text: str, dest: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``text`` as ``dest/config.yaml`` (atomically); refuse to overwrite unless ``force``."""
+    target = Path(dest) / "config.yaml"
+    if target.exists() and not force:
+        raise InputError(target, "already exists; pass --force to overwrite it")
+    if Path(dest).exists() and not Path(dest).is_dir():
+        raise InputError(dest, "exists and is not a folder")
+    atomic_write_text(target, text)
+    return target
+
+
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=PROFILE_NAMES, help="profile to write")
+    parser.add_argument("--account", required=True, help="Slurm account (sbatch -A)")
+    parser.add_argument("--partition", required=True, help="partition for CPU jobs")
+    parser.add_argument("--gpu-partition", help="partition for GPU jobs (default: --partition)")
+    parser.add_argument("--gpu-model", help="GPU type as in the cluster's gres.conf (optional)")
+    parser.add_argument("--cpus-per-gpu", type=int, default=4, help="CPU cores per GPU job (4)")
+    parser.add_argument("--jobs", type=int, default=100, help="most Slurm jobs at once (100)")
+    parser.add_argument(
+        "--group-size", type=int, default=20, help="plates per grouped per-plate CPU job (20)"
+    )
+    parser.add_argument(
+        "--status-command",
+        choices=STATUS_COMMANDS,
+        help="how the executor polls jobs: sacct (needs accounting) or squeue; default: auto",
+    )
+    parser.add_argument(
+        "--status-wait", type=int, default=40, help="seconds before the first status check (40)"
+    )
+    parser.add_argument(
+        "--max-cores", type=int, default=8, help="most cores one Slurm job asks for (8)"
+    )
+    parser.add_argument(
+        "--max-mem-mb", type=int, default=64000, help="most memory one Slurm job asks for (64000)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phenoica", description="phenoica: batch-robust cell-microscopy embeddings"
+    )
+    parser.add_argument("--version", action="version", version=f"phenoica {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    profile = commands.add_parser("profile", help="Snakemake execution profiles")
+    actions = profile.add_subparsers(dest="action", required=True)
+    install = actions.add_parser(
+        "install",
+        help="write a profile where `snakemake --profile NAME` finds it",
+        description="Write a Snakemake profile to ~/.config/snakemake/NAME/config.yaml "
+        "(or --dest), so `snakemake --profile NAME` works from the project folder.",
+    )
+    _add_profile_options(install)
+    install.add_argument("--dest", help="folder to write config.yaml into "
+                         "(default: ~/.config/snakemake/NAME)")
+    install.add_argument("--force", action="store_true", help="overwrite an existing profile")
+    show = actions.add_parser("show", help="print the profile instead of writing it")
+    _add_profile_options(show)
+    return parser
+
+
+def _render_from_args(args: argparse.Namespace) -> str:
+    return render_slurm_profile(
+        args.account,
+        args.partition,
+        args.gpu_partition,
+        gpu_model=args.gpu_model,
+        cpus_per_gpu=args.cpus_per_gpu,
+        jobs=args.jobs,
+        group_size=args.group_size,
+        status_command=args.status_command,
+        status_wait_s=args.status_wait,
+        max_cores=args.max_cores,
+        max_mem_mb=args.max_mem_mb,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``phenoica`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "profile" and args.action == "show":
+            sys.stdout.write(_render_from_args(args))
+            return 0
+        if args.command == "profile" and args.action == "install":
+            text = _render_from_args(args)
+            dest = Path(args.dest) if args.dest else user_profile_dir(args.name)
+            target = install_profile(text, dest, force=args.force)
+            print(f"wrote {target}; run `snakemake --profile {args.name}` in the project folder")
+            if args.dest and Path(args.dest).name != args.name:
+                print(f"note: Snakemake finds --profile {args.name} only in a folder named "
+                      f"{args.name!r}; use --profile {target.parent}", file=sys.stderr)
+            return 0
+    except PhenoicaError as err:
+        print(f"phenoica: error: {err}", file=sys.stderr)
+        return 2
+    parser.error("unknown command")  # argparse makes sub-commands required; kept for type checkers
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

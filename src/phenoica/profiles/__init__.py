@@ -1,0 +1,1 @@
+"""Execution profiles shipped with phenoica (installed by ``phenoica profile install``)."""
