@@ -266,3 +266,18 @@ def test_fast_listing_matches_the_parsed_table(tmp_path):
         parsed = sorted(list_plate_images(row, channels)["path"])
         assert plate_image_files(row, channels) == parsed, row["layout"]
         assert parsed
+
+
+def test_loaddata_row_col_and_field_columns(tmp_path):
+    row = phenix_loaddata_rows()
+    del row["Metadata_Well"], row["Metadata_Site"]
+    row.update(Metadata_Row=3, Metadata_Col=3, Metadata_Field=3)
+    csv = loaddata_csv(tmp_path / "ld.csv", [row])
+    table = list_plate_images({"plate": "BR00143976", "layout": "loaddata", "path": str(csv)},
+                              LOADDATA_CHANNELS)
+    assert set(table["well"]) == {"C03"} and set(table["site"]) == {3} and len(table) == 5
+    row["Metadata_Row"] = "3x"
+    bad = loaddata_csv(tmp_path / "bad.csv", [row])
+    with pytest.raises(InputError, match=r"bad\.csv, line 2: row '3x' is neither letters"):
+        list_plate_images({"plate": "BR00143976", "layout": "loaddata", "path": str(bad)},
+                          LOADDATA_CHANNELS)

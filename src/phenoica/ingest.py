@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
+from .io.atomic import atomic_path
 from .io.images import read_image
 from .io.layouts import (
     Channel,
@@ -36,7 +37,6 @@ from .io.layouts import (
     plate_folder,
     sites_table,
 )
-from .io.atomic import atomic_path
 from .logs import get_logger, progress
 from .sheet import check_plate_row, read_platemap
 

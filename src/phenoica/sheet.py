@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .identifiers import normalize_well, row_index, well_name
-from .io.layouts import LAYOUTS, Channel, check_pattern, parse_channels
+from .identifiers import normalize_well
+from .io.layouts import Channel, check_pattern, parse_channels, well_from_row_col
 from .io.tables import read_table
 from .logs import get_logger
 
@@ -298,7 +298,7 @@ def read_platemap(path: str | os.PathLike, *, plate: str | None = None,
                        for w, ln in zip(raw[well_col], lines[raw.index])]
         used.add(well_col)
     elif {"row", "col"} <= set(raw.columns):
-        out["well"] = [_well_from_row_col(r, c, f"{src}, line {ln}")
+        out["well"] = [well_from_row_col(r, c, f"{src}, line {ln}")
                        for r, c, ln in zip(raw["row"], raw["col"], lines[raw.index])]
     else:
         raise InputError(src, f"no well column; expected one of {list(WELL_COLUMNS)} (or "
@@ -329,15 +329,6 @@ def read_platemap(path: str | os.PathLike, *, plate: str | None = None,
             raise InputError(src, f"column {col!r} is reserved (ingest sets it); rename it")
         out[given[col]] = _maybe_numeric(raw[col])
     return out.reset_index(drop=True)
-
-
-def _well_from_row_col(row: str, col: str, source: str) -> str:
-    row, col = str(row).strip(), str(col).strip()
-    if row.isdigit() and col.isdigit() and int(row) >= 1 and int(col) >= 1:
-        return well_name(int(row), int(col))
-    if row.isalpha() and col.isdigit() and int(col) >= 1:
-        return well_name(row_index(row), int(col))
-    raise InputError(source, f"row {row!r} / col {col!r} do not name a well")
 
 
 def _control_flags(raw: pd.DataFrame, perturbation: pd.Series, src: Path, lines: pd.Series,

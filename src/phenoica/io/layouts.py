@@ -300,21 +300,26 @@ def _record(groups: Mapping[str, str | None], channel: str, path: str) -> dict:
     if groups.get("well") is not None:
         well = normalize_well(groups["well"], source=path)
     else:
-        row_text, col_text = (groups.get("row") or "").strip(), (groups.get("col") or "").strip()
-        if row_text.isdigit():
-            row = int(row_text)
-        elif row_text.isalpha() and len(row_text) <= 2:
-            row = row_index(row_text)
-        else:
-            raise InputError(path, f"row {row_text!r} is neither letters (C) nor a number (03)")
-        if not col_text.isdigit() or row < 1 or int(col_text) < 1:
-            raise InputError(path, f"row {row_text!r} / column {col_text!r} do not give a well "
-                                   "(both are 1-based)")
-        well = well_name(row, int(col_text))
+        well = well_from_row_col(groups.get("row"), groups.get("col"), source=path)
     site_text = (groups.get("site") or "").strip()
     if not site_text.isdigit():
         raise InputError(path, f"site {site_text!r} is not a whole number")
     return _row_for(well, int(site_text), channel, path)
+
+
+def well_from_row_col(row: object, col: object, source: str | os.PathLike | None = None) -> str:
+    """('C' or '03', '3') -> 'C03': the row as letters or a 1-based number, the column 1-based."""
+    row_text, col_text = str(row or "").strip(), str(col or "").strip()
+    if row_text.isdigit() and int(row_text) >= 1:
+        row_number = int(row_text)
+    elif row_text.isalpha() and len(row_text) <= 2:
+        row_number = row_index(row_text)
+    else:
+        raise InputError(source, f"row {row_text!r} is neither letters (C) nor a 1-based "
+                                 "number (03)")
+    if not col_text.isdigit() or int(col_text) < 1:
+        raise InputError(source, f"column {col_text!r} is not a 1-based number")
+    return well_name(row_number, int(col_text))
 
 
 def _row_for(well: str, site: int, channel: str, path: str) -> dict:
@@ -372,8 +377,7 @@ def _loaddata_rows(table: pd.DataFrame, csv_path: Path, plate: str,
         if "Metadata_Well" in row and str(row["Metadata_Well"]).strip():
             well = normalize_well(row["Metadata_Well"], source=where)
         else:
-            well = _record({"row": row.get("Metadata_Row"), "col": row.get("Metadata_Col"),
-                            "site": "1"}, "", where)["well"]
+            well = well_from_row_col(row.get("Metadata_Row"), row.get("Metadata_Col"), where)
         site_text = str(row[site_col]).strip()
         if not site_text.isdigit():
             raise InputError(where, f"{site_col} {site_text!r} is not a whole number")
