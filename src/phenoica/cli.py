@@ -43,10 +43,10 @@ def user_profile_dir(name: str) -> Path:
 
 
 def profile_template(name: str) -> str:
-    """The text of a shipped profile template (``src/phenoica/profiles/<name>/config.yaml``)."""
+    """The text of a shipped profile template (``src/phenoica/snakemake_profiles/<name>/config.yaml``)."""
     if name not in PROFILE_NAMES:
         raise InputError("profile", f"unknown profile {name!r}; available: {', '.join(PROFILE_NAMES)}")
-    return resources.files("phenoica.profiles").joinpath(name, "config.yaml").read_text()
+    return resources.files("phenoica.snakemake_profiles").joinpath(name, "config.yaml").read_text()
 
 
 def _positive(value: int, option: str) -> int:
