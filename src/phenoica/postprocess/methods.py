@@ -1,0 +1,542 @@
+"""Post-processing methods: fit on a fitting set, re-apply to any wells, store as plain state.
+
+Every method maps a raw representation ``X`` (n x d) plus its ``obs`` to float32 (n x k). Fitted
+parameters go to :meth:`Method.to_state` (numpy arrays, scalars and strings only, so they fit in
+AnnData ``uns``) and :func:`method_from_state` rebuilds a method that transforms new plates without
+refitting. Methods that correct each batch with that batch's own controls (CenterScale, TVN)
+re-estimate those per-batch statistics from the controls of the wells they transform: that is
+their definition, and every plate carries controls. Transductive methods (ComBat, Harmony) must
+see all the data they correct; they say so with ``transductive = True``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, InputError
+from ..logs import get_logger
+from .ica import ICA, fit_ica, random_orthogonal
+from .whitening import Whitening, column_moments, fit_whitening
+
+log = get_logger(__name__)
+
+STATE_FORMAT = 1
+
+
+def _check_X(X: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise InputError("X", f"expected a 2-D array (wells x features), got shape {X.shape}")
+    if len(obs) != X.shape[0]:
+        raise InputError("obs", f"has {len(obs)} rows but X has {X.shape[0]}")
+    if not np.isfinite(X).all():
+        raise InputError("X", "contains NaN or infinite values")
+    return X
+
+
+def _require(obs: pd.DataFrame, columns: list[str], method: str) -> None:
+    missing = [c for c in columns if c not in obs.columns]
+    if missing:
+        raise InputError("obs", f"missing column(s) {missing} needed by method {method!r}")
+
+
+def _labels(obs: pd.DataFrame, key: str) -> np.ndarray:
+    return obs[key].astype(str).to_numpy()
+
+
+def _controls(obs: pd.DataFrame, key: str) -> np.ndarray:
+    return obs[key].to_numpy().astype(bool)
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``defaults`` and implement ``_fit``/``_transform``
+    and ``_state``/``_load``."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    transductive: ClassVar[bool] = False
+    #: True when output columns are the input features (names carried over).
+    keeps_features: ClassVar[bool] = False
+    component_prefix: ClassVar[str] = "C"
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ConfigError(f"method {self.name!r}: unknown parameter(s) {unknown}; "
+                              f"known: {sorted(self.defaults)}")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.fitted = False
+        self.n_components_: int | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+    # public API ------------------------------------------------------------------------------
+    def fit(self, X: np.ndarray, obs: pd.DataFrame) -> Method:
+        X = _check_X(X, obs)
+        self._fit(X, obs)
+        self.fitted = True
+        return self
+
+    def transform(self, X: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
+        if not self.fitted:
+            raise RuntimeError(f"method {self.name!r} must be fitted (or loaded) before transform")
+        X = _check_X(X, obs)
+        Z = np.asarray(self._transform(X, obs), dtype=np.float32)
+        self.n_components_ = Z.shape[1]
+        return Z
+
+    def fit_transform(self, X: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
+        return self.fit(X, obs).transform(X, obs)
+
+    def component_names(self, k: int | None = None) -> list[str]:
+        k = self.n_components_ if k is None else k
+        return [f"{self.component_prefix}{i + 1}" for i in range(int(k or 0))]
+
+    def to_state(self) -> dict:
+        if not self.fitted:
+            raise RuntimeError(f"method {self.name!r} is not fitted")
+        return {"name": self.name, "format": STATE_FORMAT,
+                "params_json": json.dumps(self.params, sort_keys=True), **self._state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Method:
+        method = cls(**json.loads(str(state["params_json"])))
+        method._load(state)
+        method.fitted = True
+        return method
+
+    # subclass hooks --------------------------------------------------------------------------
+    def _fit(self, X: np.ndarray, obs: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def _transform(self, X: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        return {}
+
+    def _load(self, state: dict) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+
+_PCA_DEFAULTS = {"n_components": None, "rel_tol": 1e-5, "standardize": False}
+_ICA_DEFAULTS = {"seed": 0, "backend": "auto", "n_restarts": 3, "tol": 1e-4, "max_iter": 200}
+
+
+def _fit_pca(method: Method, X: np.ndarray, reg: float = 0.0) -> Whitening:
+    p = method.params
+    return fit_whitening(X, p["n_components"], p["rel_tol"], standardize=bool(p["standardize"]),
+                         reg=reg)
+
+
+def _fit_ica_params(method: Method, Z: np.ndarray) -> ICA:
+    p = method.params
+    return fit_ica(Z, backend=p["backend"], seed=int(p["seed"]), n_restarts=int(p["n_restarts"]),
+                   tol=float(p["tol"]), max_iter=int(p["max_iter"]))
+
+
+class Base(Method):
+    """The raw representation, unchanged (float32)."""
+
+    name = "base"
+    keeps_features = True
+    component_prefix = "F"
+
+    def _fit(self, X, obs):
+        self.n_features_ = X.shape[1]
+
+    def _transform(self, X, obs):
+        return X
+
+    def _state(self):
+        return {"n_features": int(self.n_features_)}
+
+    def _load(self, state):
+        self.n_features_ = int(state["n_features"])
+
+
+class PCA(Method):
+    """Whitened PCA with ``n_components`` components (``None``: the numerical rank)."""
+
+    name = "pca"
+    defaults = dict(_PCA_DEFAULTS)
+    component_prefix = "PC"
+
+    def _fit(self, X, obs):
+        self.whitening = _fit_pca(self, X)
+
+    def _transform(self, X, obs):
+        return self.whitening.transform(X)
+
+    def _state(self):
+        return {"whitening": self.whitening.to_state()}
+
+    def _load(self, state):
+        self.whitening = Whitening.from_state(state["whitening"])
+
+
+class PCAICA(PCA):
+    """Whitened PCA, then ICA fitted on the whitened fitting set."""
+
+    name = "pca_ica"
+    defaults = {**_PCA_DEFAULTS, **_ICA_DEFAULTS}
+    component_prefix = "IC"
+
+    def _fit(self, X, obs):
+        super()._fit(X, obs)
+        self.ica = _fit_ica_params(self, self.whitening.transform(X))
+
+    def _transform(self, X, obs):
+        return self.ica.transform(self.whitening.transform(X))
+
+    def _state(self):
+        return {**super()._state(), "ica": self.ica.to_state()}
+
+    def _load(self, state):
+        super()._load(state)
+        self.ica = ICA.from_state(state["ica"])
+
+
+class PCARand(PCA):
+    """Whitened PCA, then a Haar-random rotation drawn from ``seed`` (the control for ICA)."""
+
+    name = "pca_rand"
+    defaults = {**_PCA_DEFAULTS, "seed": 0}
+    component_prefix = "RC"
+
+    def _fit(self, X, obs):
+        super()._fit(X, obs)
+        self.rotation = random_orthogonal(self.whitening.n_components, int(self.params["seed"]))
+
+    def _transform(self, X, obs):
+        return self.whitening.transform(X).astype(np.float64) @ self.rotation.T
+
+    def _state(self):
+        return {**super()._state(), "rotation": self.rotation}
+
+    def _load(self, state):
+        super()._load(state)
+        self.rotation = np.asarray(state["rotation"], dtype=np.float64)
+
+
+# --- control-based methods -------------------------------------------------------------------
+
+_CONTROL_DEFAULTS = {"batch_key": "batch", "control_key": "is_control", "min_controls": 2}
+
+
+def _batch_control_groups(obs: pd.DataFrame, method: Method) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(batch, row indices, control row indices) for every batch in ``obs``; each batch needs
+    ``min_controls`` controls since it is corrected with its own controls."""
+    p = method.params
+    _require(obs, [p["batch_key"], p["control_key"]], method.name)
+    batches = _labels(obs, p["batch_key"])
+    controls = _controls(obs, p["control_key"])
+    groups = []
+    for batch in pd.unique(batches):
+        rows = np.flatnonzero(batches == batch)
+        ctrl = rows[controls[rows]]
+        if len(ctrl) < int(p["min_controls"]):
+            raise InputError("obs", f"batch {batch!r} has {len(ctrl)} control well(s); method "
+                                    f"{method.name!r} needs at least {p['min_controls']} per batch")
+        groups.append((str(batch), rows, ctrl))
+    return groups
+
+
+def _center_scale(Z: np.ndarray, groups) -> np.ndarray:
+    """Centre and scale every batch on its own controls (per component)."""
+    out = np.empty_like(Z, dtype=np.float64)
+    for _, rows, ctrl in groups:
+        ref = Z[ctrl].astype(np.float64)
+        mu = ref.mean(axis=0)
+        sd = ref.std(axis=0)
+        sd[sd <= 0] = 1.0  # a component constant on these controls is only centred
+        out[rows] = (Z[rows] - mu) / sd
+    return out
+
+
+def _control_rows(obs: pd.DataFrame, method: Method) -> np.ndarray:
+    p = method.params
+    _require(obs, [p["control_key"]], method.name)
+    ctrl = _controls(obs, p["control_key"])
+    if ctrl.sum() < 3:
+        raise InputError("obs", f"the fitting set has {int(ctrl.sum())} control well(s); method "
+                                f"{method.name!r} fits its PCA on controls and needs at least 3")
+    return ctrl
+
+
+class CenterScale(Method):
+    """PCA-CenterScale (OpenPhenom model card): PCA fitted on control wells, then every batch
+    centred and scaled on its own controls."""
+
+    name = "centerscale"
+    defaults = {**_PCA_DEFAULTS, **_CONTROL_DEFAULTS}
+    component_prefix = "CS"
+
+    def _fit(self, X, obs):
+        self.whitening = _fit_pca(self, X[_control_rows(obs, self)])
+
+    def _transform(self, X, obs):
+        return _center_scale(self.whitening.transform(X, whiten=False), _batch_control_groups(obs, self))
+
+    def _state(self):
+        return {"whitening": self.whitening.to_state()}
+
+    def _load(self, state):
+        self.whitening = Whitening.from_state(state["whitening"])
+
+
+def _sym_power(C: np.ndarray, power: float) -> np.ndarray:
+    s, u = np.linalg.eigh(C)
+    return (u * np.clip(s, np.finfo(np.float64).tiny, None) ** power) @ u.T
+
+
+class TVN(Method):
+    """Typical variation normalisation: PCA whitening fitted on controls, each batch centred and
+    scaled on its controls, then CORAL: the batch's control covariance (+ ``reg`` I) is mapped
+    onto the pooled control covariance of the fitting set (+ ``reg`` I)."""
+
+    name = "tvn"
+    defaults = {**_PCA_DEFAULTS, **_CONTROL_DEFAULTS, "reg": 1.0}
+    component_prefix = "TV"
+
+    def _fit(self, X, obs):
+        ctrl = _control_rows(obs, self)
+        self.whitening = _fit_pca(self, X[ctrl])
+        sub = obs.iloc[np.flatnonzero(ctrl)]
+        Zc = _center_scale(self.whitening.transform(X[ctrl]), _batch_control_groups(sub, self))
+        _, target = column_moments(Zc)
+        self.target_sqrt = _sym_power(target + float(self.params["reg"]) * np.eye(len(target)), 0.5)
+
+    def _transform(self, X, obs):
+        groups = _batch_control_groups(obs, self)
+        Z = _center_scale(self.whitening.transform(X), groups)
+        reg = float(self.params["reg"])
+        eye = np.eye(Z.shape[1])
+        for _, rows, ctrl in groups:
+            cov = np.cov(Z[ctrl], rowvar=False, ddof=0).reshape(Z.shape[1], Z.shape[1])
+            Z[rows] = Z[rows] @ _sym_power(cov + reg * eye, -0.5) @ self.target_sqrt
+        return Z
+
+    def _state(self):
+        return {"whitening": self.whitening.to_state(), "target_sqrt": self.target_sqrt}
+
+    def _load(self, state):
+        self.whitening = Whitening.from_state(state["whitening"])
+        self.target_sqrt = np.asarray(state["target_sqrt"], dtype=np.float64)
+
+
+class TVNICA(TVN):
+    """TVN, then ICA fitted on the TVN representation of the fitting set (re-whitened first)."""
+
+    name = "tvn_ica"
+    defaults = {**TVN.defaults, **_ICA_DEFAULTS}
+    component_prefix = "IC"
+
+    def _fit(self, X, obs):
+        super()._fit(X, obs)
+        self.ica = _fit_ica_params(self, super()._transform(X, obs))
+
+    def _transform(self, X, obs):
+        return self.ica.transform(super()._transform(X, obs))
+
+    def _state(self):
+        return {**super()._state(), "ica": self.ica.to_state()}
+
+    def _load(self, state):
+        super()._load(state)
+        self.ica = ICA.from_state(state["ica"])
+
+
+class ICAClean(PCAICA):
+    """PCA+ICA with the components attributed to batch removed.
+
+    Attribution is computed on the fitting set with :func:`phenoica.metrics.separation.
+    component_attribution` (batch share on control wells vs. ``bio_key`` share within batch):
+    ``drop="technical"`` drops components labelled technical; ``drop="batch_share"`` drops
+    components whose batch share on controls exceeds ``max_batch_share`` (needs no biology labels).
+    At least one component is always kept.
+    """
+
+    name = "ica_clean"
+    defaults = {**PCAICA.defaults, "batch_key": "batch", "control_key": "is_control",
+                "bio_key": "perturbation", "drop": "technical", "margin": 2.0, "min_share": 0.05,
+                "max_batch_share": 0.5}
+
+    def _fit(self, X, obs):
+        from ..metrics.separation import component_attribution
+
+        p = self.params
+        if p["drop"] not in ("technical", "batch_share"):
+            raise ConfigError(f"method 'ica_clean': drop must be 'technical' or 'batch_share', "
+                              f"got {p['drop']!r}")
+        needed = [p["batch_key"], p["control_key"]] + ([p["bio_key"]] if p["drop"] == "technical" else [])
+        _require(obs, needed, self.name)
+        super()._fit(X, obs)
+        S = super()._transform(X, obs)
+        attribution = component_attribution(
+            S, obs, batch_key=p["batch_key"], bio_key=p["bio_key"] if p["drop"] == "technical" else None,
+            control_key=p["control_key"], margin=float(p["margin"]), min_share=float(p["min_share"]))
+        if p["drop"] == "technical":
+            drop = (attribution["label"] == "technical").to_numpy()
+        else:
+            drop = (attribution["batch_share"].fillna(0) > float(p["max_batch_share"])).to_numpy()
+        if drop.all():
+            drop[np.argmin(attribution["batch_share"].fillna(0).to_numpy())] = False
+        self.keep = np.flatnonzero(~drop)
+        self.batch_share = attribution["batch_share"].to_numpy(dtype=np.float64)
+        log.info("ica_clean: dropping %d of %d components as batch-dominated", int(drop.sum()), len(drop))
+
+    def _transform(self, X, obs):
+        return super()._transform(X, obs)[:, self.keep]
+
+    def component_names(self, k=None):
+        return [f"IC{i + 1}" for i in self.keep]
+
+    def _state(self):
+        return {**super()._state(), "keep": self.keep.astype(np.int64), "batch_share": self.batch_share}
+
+    def _load(self, state):
+        super()._load(state)
+        self.keep = np.asarray(state["keep"], dtype=np.int64).reshape(-1)
+        self.batch_share = np.asarray(state["batch_share"], dtype=np.float64)
+
+
+# --- transductive baselines ------------------------------------------------------------------
+
+
+class ComBat(Method):
+    """ComBat (``scanpy.pp.combat``) on the features, per batch. Transductive: it estimates the
+    batch parameters on the data it corrects, so ``fit`` only records settings."""
+
+    name = "combat"
+    defaults = {"batch_key": "batch", "covariates": None}
+    transductive = True
+    keeps_features = True
+    component_prefix = "F"
+
+    def _fit(self, X, obs):
+        _require(obs, [self.params["batch_key"], *(self.params["covariates"] or [])], self.name)
+
+    def _transform(self, X, obs):
+        import anndata as ad
+        import scanpy as sc
+
+        key = self.params["batch_key"]
+        _require(obs, [key, *(self.params["covariates"] or [])], self.name)
+        counts = obs[key].astype(str).value_counts()
+        small = counts[counts < 2]
+        if len(small):
+            raise InputError("obs", f"ComBat needs at least 2 wells per batch; batch(es) "
+                                    f"{list(small.index)} have fewer")
+        # ComBat divides by each feature's pooled variance: pass constant features through.
+        varying = np.asarray(X, dtype=np.float64).std(axis=0) > 0
+        out = np.asarray(X, dtype=np.float64).copy()
+        obs_c = pd.DataFrame({key: obs[key].astype(str).astype("category").to_numpy()},
+                             index=np.arange(len(obs)).astype(str))
+        for cov in self.params["covariates"] or []:
+            obs_c[cov] = obs[cov].to_numpy()
+        adata = ad.AnnData(X=out[:, varying], obs=obs_c)
+        out[:, varying] = sc.pp.combat(adata, key=key, covariates=self.params["covariates"],
+                                       inplace=False)
+        if not np.isfinite(out).all():
+            raise InputError("X", "ComBat produced non-finite values (a feature constant within a batch?)")
+        return out
+
+    def _state(self):
+        return {}
+
+
+class Harmony(Method):
+    """Harmony (harmonypy) on PCA scores fitted on the fitting set. Transductive: Harmony moves
+    the wells it is given, so only the PCA is stored."""
+
+    name = "harmony"
+    defaults = {"n_components": 50, "rel_tol": 1e-5, "standardize": False, "batch_key": "batch",
+                "theta": 2.0, "seed": 0, "max_iter": 10}
+    transductive = True
+    component_prefix = "H"
+
+    def _fit(self, X, obs):
+        _require(obs, [self.params["batch_key"]], self.name)
+        self.whitening = _fit_pca(self, X)
+
+    def _transform(self, X, obs):
+        import harmonypy
+
+        key = self.params["batch_key"]
+        _require(obs, [key], self.name)
+        Z = self.whitening.transform(X, whiten=False).astype(np.float64)
+        meta = pd.DataFrame({key: obs[key].astype(str).to_numpy()})
+        if meta[key].nunique() < 2:
+            return Z  # nothing to integrate
+        result = harmonypy.run_harmony(Z, meta, key, theta=float(self.params["theta"]),
+                                       random_state=int(self.params["seed"]),
+                                       max_iter_harmony=int(self.params["max_iter"]), verbose=False)
+        out = np.asarray(result.Z_corr)
+        return out if out.shape == Z.shape else out.T
+
+    def _state(self):
+        return {"whitening": self.whitening.to_state()}
+
+    def _load(self, state):
+        self.whitening = Whitening.from_state(state["whitening"])
+
+
+# ---------------------------------------------------------------------------------------------
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    Base, PCA, PCAICA, PCARand, CenterScale, TVN, ComBat, Harmony, TVNICA, ICAClean)}
+METHOD_NAMES: tuple[str, ...] = ("base", "pca", "pca_ica", "pca_rand", "centerscale", "tvn",
+                                 "combat", "harmony", "tvn_ica", "ica_clean")
+
+
+def make_method(name: str, **params: Any) -> Method:
+    """A new, unfitted method by name (see :data:`METHOD_NAMES`)."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown post-processing method {name!r}; choose from {METHOD_NAMES}")
+    return METHODS[name](**params)
+
+
+def method_from_state(state: dict) -> Method:
+    """Rebuild a fitted method from :meth:`Method.to_state` (e.g. read back from ``uns``)."""
+    name = str(state.get("name", ""))
+    if name not in METHODS:
+        raise InputError("state", f"unknown post-processing method {name!r}")
+    return METHODS[name].from_state(state)
+
+
+def fitting_mask(obs: pd.DataFrame, fit_on: str, train_batches=None, *,
+                 batch_key: str = "batch", control_key: str = "is_control") -> np.ndarray:
+    """Rows of ``obs`` a method is fitted on.
+
+    ``fit_on``: ``"all"``; ``"controls"`` (``is_control``); ``"train_batches"`` (batches listed in
+    ``train_batches``).
+    """
+    if fit_on == "all":
+        return np.ones(len(obs), dtype=bool)
+    if fit_on == "controls":
+        _require(obs, [control_key], f"fit_on={fit_on}")
+        mask = _controls(obs, control_key)
+    elif fit_on == "train_batches":
+        _require(obs, [batch_key], f"fit_on={fit_on}")
+        if train_batches is None or len(train_batches) == 0:
+            raise ConfigError("fit_on='train_batches' needs a non-empty list of train_batches")
+        wanted = [str(b) for b in train_batches]
+        present = set(_labels(obs, batch_key))
+        unknown = sorted(set(wanted) - present)
+        if unknown:
+            raise InputError("train_batches", f"batch(es) {unknown} are not in the data; "
+                                              f"known: {sorted(present)}")
+        mask = np.isin(_labels(obs, batch_key), wanted)
+    else:
+        raise ConfigError(f"fit_on must be 'all', 'controls' or 'train_batches', got {fit_on!r}")
+    if mask.sum() < 3:
+        raise InputError("obs", f"fit_on={fit_on!r} selects {int(mask.sum())} wells; need at least 3")
+    return mask
