@@ -69,6 +69,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "diameter": "max",        # max | q99 (robust) pairwise distance of the target's test rows
     "ica_components": "auto",  # auto | null | integer (see module docstring)
     "ica_seed": 0,
+    "ica_backend": "auto",    # phenoica.postprocess.ica backend: auto (torch) | sklearn | picard
     "max_rows": None,         # subsample the probe rows (seeded) to bound the cost; null = all
     # isometry
     "layer": None,            # layer for the rigid error of the isometry table; null = X (default layer)
@@ -101,6 +102,8 @@ def identifiability_params(params: Mapping[str, Any] | None = None) -> dict[str,
         raise ConfigError(f"identifiability.layers: null or a list of block numbers, got {out['layers']!r}")
     if out["max_rows"] is not None and (not isinstance(out["max_rows"], int) or out["max_rows"] < 10):
         raise ConfigError(f"identifiability.max_rows: null or an integer >= 10, got {out['max_rows']!r}")
+    if out["ica_backend"] not in ("auto", "torch", "sklearn", "picard"):
+        raise ConfigError(f"identifiability.ica_backend: auto, torch, sklearn or picard, got {out['ica_backend']!r}")
     if not 0.0 <= float(out["ratio_quantile"]) < 0.5:
         raise ConfigError("identifiability.ratio_quantile: must be in [0, 0.5)")
     return out
@@ -194,7 +197,7 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
         A = _representation(adatas[a], k, rows, embeddings[a])
         B = _representation(adatas[b], k, rows, embeddings[b])
         t = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], maps=tuple(p["maps"]), diameter=p["diameter"],
-                             n_components=n_comp, seed=int(p["ica_seed"]))
+                             n_components=n_comp, seed=int(p["ica_seed"]), ica_backend=p["ica_backend"])
         t.insert(0, "seed_b", int(seeds[b]))
         t.insert(0, "seed_a", int(seeds[a]))
         t.insert(0, "layer", int(k))

@@ -34,7 +34,6 @@ grows like sqrt(2 L + L^2) times the diameter.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -143,39 +142,31 @@ class WhitenedICA:
 
 
 def fit_whitened_ica(Z: np.ndarray, *, n_components: int | None = None, seed: int = 0,
-                     rel_tol: float = 1e-6, max_iter: int = 1000) -> WhitenedICA:
-    """PCA-whiten ``Z`` to ``k`` components and unmix them with FastICA (log cosh contrast).
+                     backend: str = "auto", n_restarts: int = 3) -> WhitenedICA:
+    """PCA-whiten ``Z`` to ``k`` components (``phenoica.postprocess.whitening``) and unmix them
+    with ICA (``phenoica.postprocess.ica``: log-cosh contrast, symmetric decorrelation, seeded
+    restarts, signs and order fixed).
 
-    ``k`` = ``n_components`` or, when None, every direction with eigenvalue above
-    ``rel_tol`` times the largest (a rank-deficient representation keeps its rank only).
+    ``k`` = ``n_components`` or, when None, the numerical rank of ``Z``.
     """
-    from sklearn.decomposition import FastICA
-    from sklearn.exceptions import ConvergenceWarning
+    from ..postprocess.ica import fit_ica
+    from ..postprocess.whitening import fit_whitening
 
     Z = np.asarray(Z, dtype=np.float64)
-    mean = Z.mean(axis=0)
-    Zc = Z - mean
-    # covariance eigendecomposition through the SVD of the centred data (stable for n < d)
-    _, s, vt = np.linalg.svd(Zc, full_matrices=False)
-    eig = s**2 / max(Z.shape[0] - 1, 1)
-    rank = int(np.sum(eig > rel_tol * eig[0])) if eig.size and eig[0] > 0 else 0
-    if rank == 0:
+    if Z.ndim != 2 or Z.shape[0] < 3:
+        raise ValueError(f"need a 2-D array with at least 3 rows, got shape {Z.shape}")
+    if float(np.max(np.ptp(Z, axis=0))) == 0.0:
         raise ValueError("cannot whiten a constant representation")
-    k = rank if n_components is None else min(int(n_components), rank)
-    whiten = vt[:k] / np.sqrt(eig[:k])[:, None]  # k x d
-    dewhiten = vt[:k].T * np.sqrt(eig[:k])[None, :]  # d x k
-    white = Zc @ whiten.T
-    ica = FastICA(n_components=k, whiten=False, fun="logcosh", max_iter=max_iter, tol=1e-5,
-                  random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        ica.fit(white)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        log.warning("FastICA did not converge in %d iterations (k=%d, n=%d)", max_iter, k, Z.shape[0])
-    rotation = ica.components_  # k x k, orthogonal on whitened data
-    unmixing = rotation @ whiten
-    mixing = dewhiten @ rotation.T
-    return WhitenedICA(mean=mean, unmixing=unmixing, mixing=mixing)
+    k = None if n_components is None else min(int(n_components), *Z.shape)
+    whitening = fit_whitening(Z, n_components=k)
+    project = whitening.projection()  # d x k, centred rows -> white
+    white = (Z - whitening.mean) @ project
+    ica = fit_ica(white, seed=seed, backend=backend, n_restarts=n_restarts, whiten=False)
+    rotation = np.asarray(ica.unmixing, dtype=np.float64)  # k x k, orthogonal
+    unmixing = rotation @ project.T
+    # white = sources @ rotation (orthogonal), and centred Z = white @ (components sqrt(eig))^T
+    dewhiten = whitening.components * np.sqrt(whitening.eigenvalues + whitening.reg)[None, :]
+    return WhitenedICA(mean=whitening.mean.astype(np.float64), unmixing=unmixing, mixing=dewhiten @ rotation.T)
 
 
 @dataclass(frozen=True)
@@ -190,13 +181,13 @@ class ICAMap:
         return self.ica_b.reconstruct(self.ica_a.sources(A) @ self.matrix)
 
 
-def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | None = None,
-                seed: int = 0) -> tuple[ICAMap, np.ndarray, np.ndarray]:
+def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | None = None, seed: int = 0,
+                backend: str = "auto") -> tuple[ICAMap, np.ndarray, np.ndarray]:
     """Whiten + ICA each side independently on the fitting rows, then match sources by the
     best signed permutation. Returns the map and the fitting-row sources of A and B."""
     A, B = _pair(A, B)
-    ica_a = fit_whitened_ica(A, n_components=n_components, seed=seed)
-    ica_b = fit_whitened_ica(B, n_components=n_components, seed=seed)
+    ica_a = fit_whitened_ica(A, n_components=n_components, seed=seed, backend=backend)
+    ica_b = fit_whitened_ica(B, n_components=n_components, seed=seed, backend=backend)
     sa, sb = ica_a.sources(A), ica_b.sources(B)
     m = match_components(sa, sb)
     matrix = np.zeros((sa.shape[1], sb.shape[1]))
@@ -209,7 +200,8 @@ def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | None = None
 # --------------------------------------------------------------------------------------------
 def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B_test: np.ndarray,
                      *, maps: tuple[str, ...] | list[str] = MAP_CLASSES, diameter: str = "max",
-                     n_components: int | None = None, seed: int = 0) -> pd.DataFrame:
+                     n_components: int | None = None, seed: int = 0, ica_backend: str = "auto"
+                     ) -> pd.DataFrame:
     """Alignment of representation A onto B after the best map of each class.
 
     Parameters
@@ -224,8 +216,8 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
         ``"max"`` or ``"q99"`` (see :func:`latent_diameter`); of ``B_test``.
     n_components
         Components kept by whitening before ICA (None: the numerical rank).
-    seed
-        ICA seed.
+    seed, ica_backend
+        ICA seed and backend (``phenoica.postprocess.ica.fit_ica``).
 
     Returns
     -------
@@ -256,7 +248,7 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
     mean_err: dict[str, float] = {}
     for name in maps:
         if name == "ica":
-            h, _, _ = fit_ica_map(A_fit, B_fit, n_components=n_components, seed=seed)
+            h, _, _ = fit_ica_map(A_fit, B_fit, n_components=n_components, seed=seed, backend=ica_backend)
         else:
             h = {"permutation": fit_permutation_map, "rigid": fit_rigid_map,
                  "linear": fit_linear_map}[name](A_fit, B_fit)
