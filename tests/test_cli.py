@@ -42,7 +42,8 @@ def test_slurm_profile_sets_account_partitions_and_gpu_rules():
 
 
 def test_slurm_profile_optional_keys():
-    profile = _render(gpu_partition=None, gpu_model="a100", status_command="squeue")
+    profile = _render(gpu_partition=None, gpu_model="a100", status_command="squeue", account=None)
+    assert "slurm_account" not in profile["default-resources"]
     assert profile["set-resources"]["embed_plate"]["slurm_partition"] == "cpu"
     assert profile["set-resources"]["embed_plate"]["gpu_model"] == "a100"
     assert profile["slurm-status-command"] == "squeue"

@@ -56,7 +56,7 @@ def _positive(value: int, option: str) -> int:
 
 
 def render_slurm_profile(
-    account: str,
+    account: str | None,
     partition: str,
     gpu_partition: str | None = None,
     *,
@@ -74,7 +74,8 @@ def render_slurm_profile(
     Parameters
     ----------
     account, partition
-        Slurm account (``sbatch -A``) and the partition for CPU jobs.
+        Slurm account (``sbatch -A``; None: no account, for clusters without accounting) and
+        the partition for CPU jobs.
     gpu_partition
         Partition for the GPU rules (train, embed); ``partition`` when not given.
     gpu_model
@@ -95,7 +96,8 @@ def render_slurm_profile(
         memory (also a retry's mem_mb x attempt) and set how many grouped plates run side by
         side in one job. ``max_cores`` is raised to ``cpus_per_gpu`` if lower.
     """
-    account = check_identifier(account, "Slurm account", "--account")
+    if account is not None:
+        account = check_identifier(account, "Slurm account", "--account")
     partition = check_identifier(partition, "Slurm partition", "--partition")
     gpu_partition = check_identifier(gpu_partition or partition, "Slurm partition", "--gpu-partition")
     if gpu_model is not None:
@@ -105,7 +107,7 @@ def render_slurm_profile(
             "--status-command", f"{status_command!r} is not one of {', '.join(STATUS_COMMANDS)}"
         )
     values = {
-        "account": account,
+        "account_line": f'  slurm_account: "{account}"\n' if account else "",
         "partition": partition,
         "gpu_partition": gpu_partition,
         "cpus_per_gpu": _positive(cpus_per_gpu, "--cpus-per-gpu"),
@@ -136,7 +138,8 @@ def install_profile(text: str, dest: str | os.PathLike, *, force: bool = False) 
 
 def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=PROFILE_NAMES, help="profile to write")
-    parser.add_argument("--account", required=True, help="Slurm account (sbatch -A)")
+    parser.add_argument("--account", help="Slurm account (sbatch -A); leave out only where the "
+                        "cluster has no accounting")
     parser.add_argument("--partition", required=True, help="partition for CPU jobs")
     parser.add_argument("--gpu-partition", help="partition for GPU jobs (default: --partition)")
     parser.add_argument("--gpu-model", help="GPU type as in the cluster's gres.conf (optional)")

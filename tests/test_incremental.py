@@ -1,0 +1,151 @@
+"""Incremental reruns on the tiny demo: what `snakemake -n` plans after a data or config update.
+
+Each test works on a copy of the session's completed reference run (tests/conftest.py), so the
+job lists come from real outputs and real Snakemake metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers_workflow import REPO, Job, Project, copy_project, make_project
+
+pytestmark = pytest.mark.slow
+
+PER_PLATE_RULES = {"simulate_plate", "ingest_plate", "embed_plate"}
+UPSTREAM_RULES = {"simulate_design", "simulate_plate", "ingest_plate", "train_model", "embed_plate"}
+
+
+def keys(jobs) -> set[str]:
+    return {repr(job) for job in jobs}
+
+
+def find_job(jobs: list[Job], rule: str, **wildcards: str) -> Job:
+    matches = [j for j in jobs if j.rule == rule and all(j.wildcards.get(k) == v
+                                                          for k, v in wildcards.items())]
+    assert len(matches) == 1, f"expected one {rule} {wildcards} job, got {matches}"
+    return matches[0]
+
+
+@pytest.fixture
+def done(reference_run, tmp_path) -> Project:
+    return copy_project(reference_run, tmp_path / "project")
+
+
+def test_completed_run_has_nothing_to_do(done):
+    assert done.dry_run() == []
+
+
+def test_adding_a_plate_runs_that_plate_and_the_aggregates_only(done):
+    # the aggregates: collecting the wells and everything after it
+    aggregates = keys(done.dry_run("--forcerun", "collect_wells"))
+    assert "collect_wells" in {j.split("[")[0] for j in aggregates}
+    assert not any("plate=" in key for key in aggregates)
+
+    demo_sheet = pd.read_csv(REPO / "config" / "plates.tsv", sep="\t", dtype=str,
+                             keep_default_na=False)
+    sheet = done.sheet()
+    new = demo_sheet[demo_sheet["plate"] == "P02"]
+    assert len(new) == 1 and "P02" not in set(sheet["plate"])
+    done.write_sheet(pd.concat([sheet, new], ignore_index=True))
+
+    jobs = done.dry_run()
+    per_plate = [j for j in jobs if "plate" in j.wildcards]
+    assert {j.wildcards["plate"] for j in per_plate} == {"P02"}, per_plate
+    assert {j.rule for j in per_plate} >= {"ingest_plate", "embed_plate"}
+    assert {j.rule for j in per_plate} <= PER_PLATE_RULES
+    assert keys(j for j in jobs if "plate" not in j.wildcards) == aggregates
+    assert "train_model" not in {j.rule for j in jobs}, "adding a plate must not retrain"
+
+
+def test_changing_one_rules_parameters_reruns_it_and_its_descendants_only(done):
+    everything = done.dry_run("--forceall")
+    target = find_job(everything, "postprocess", method="pca_ica")
+    expected = keys(done.dry_run("--forcerun", *target.output))
+    assert repr(target) in expected
+
+    n_components = done.config()["postprocess"]["methods"]["pca_ica"]["n_components"]
+    done.update_config({"postprocess": {"methods": {"pca_ica": {"n_components": n_components - 1}}}})
+    jobs = done.dry_run()
+    assert keys(jobs) == expected
+    assert not {j.rule for j in jobs} & UPSTREAM_RULES
+    assert all(j.wildcards.get("method") in (None, "pca_ica") for j in jobs), jobs
+    assert "params" in find_job(jobs, "postprocess", method="pca_ica").reason.lower()
+
+
+@pytest.fixture(scope="module")
+def screen(reference_run, tmp_path_factory) -> Project:
+    """A real-screen project (source: plates): the reference's simulated images and plate maps
+    as raw data outside results/, embedded with the reference's trained checkpoint."""
+    root = tmp_path_factory.mktemp("screen") / "project"
+    project = make_project(root)
+    simulated = reference_run.root / reference_run.config()["simulate"]["root"]
+    shutil.copytree(simulated / "images", root / "raw" / "images")
+    shutil.copytree(simulated / "platemaps", root / "raw" / "platemaps")
+    model = reference_run.config()["model"]["id"]
+    shutil.copytree(reference_run.root / "results" / "models" / model, root / "models" / model)
+    sheet = project.sheet()
+    sheet["path"] = "raw/images"
+    sheet["platemap"] = [f"raw/platemaps/{plate}.csv" for plate in sheet["plate"]]
+    project.write_sheet(sheet)
+    project.update_config({"source": "plates", "model": {"checkpoint": f"models/{model}/seed0"}})
+    project.run(*screen_targets(project))
+    return project
+
+
+def screen_targets(project: Project) -> list[str]:
+    """Per-plate embeddings and the wells table (no benchmarks: a real screen has no truth)."""
+    jobs = project.dry_run("--forceall", "--until", "collect_wells")
+    return find_job(jobs, "collect_wells").output
+
+
+def test_touching_one_raw_image_reruns_that_plate_only(screen):
+    targets = screen_targets(screen)
+    assert screen.dry_run(*targets) == []
+    plate_dir = screen.root / "raw" / "images" / "P01"
+    image = sorted(p for p in plate_dir.rglob("*") if p.is_file())[0]
+    later = time.time() + 10  # clearly newer than every output, whatever the clock resolution
+    os.utime(image, (later, later))
+
+    jobs = screen.dry_run(*targets)
+    per_plate = [j for j in jobs if "plate" in j.wildcards]
+    assert {j.wildcards["plate"] for j in per_plate} == {"P01"}, jobs
+    assert {j.rule for j in per_plate} == {"ingest_plate", "embed_plate"}
+    assert {j.rule for j in jobs} - {j.rule for j in per_plate} == {"collect_wells"}
+    assert "raw/images/P01" in find_job(jobs, "ingest_plate", plate="P01").reason
+
+
+def test_dag_of_a_large_sheet_builds_without_reading_images(tmp_path):
+    """300 simulated plates: the DAG lists every per-plate job (bench_dag.py times 2,000)."""
+    project = make_project(tmp_path / "project")
+    demo = pd.read_csv(REPO / "config" / "plates.tsv", sep="\t", dtype=str, keep_default_na=False)
+    template = demo.iloc[0]
+    root = project.config()["simulate"]["root"]
+    plates = [f"S{i:04d}" for i in range(300)]
+    project.write_sheet(pd.DataFrame({
+        "plate": plates, "batch": [f"B{i % 10}" for i in range(300)], "layout": template["layout"],
+        "path": f"{root}/images", "platemap": [f"{root}/platemaps/{p}.csv" for p in plates],
+        "pattern": "",
+    }))
+    started = time.perf_counter()
+    run = project.snakemake("-n", "--quiet", "rules")  # the job table only
+    elapsed = time.perf_counter() - started
+    counts = job_counts(run.stdout)
+    assert counts.get("embed_plate") == 300 and counts.get("ingest_plate") == 300, counts
+    assert elapsed < 60, f"dry run of 300 plates took {elapsed:.0f} s"
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    counts = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
