@@ -31,8 +31,8 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def run_rule(smk: Any, func: Callable[..., Any], /, **kwargs: Any) -> Any:
-    """Call ``func(**kwargs)`` for a Snakemake job, logging to the job's first log file."""
+def run_rule(smk: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``func(*args, **kwargs)`` for a Snakemake job, logging to the job's first log file."""
     log_path = smk.log[0] if len(smk.log) else None
     threads = getattr(smk, "threads", 1)
     stream = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
@@ -47,7 +47,7 @@ def run_rule(smk: Any, func: Callable[..., Any], /, **kwargs: Any) -> Any:
         log.info("rule %s: %s (threads=%s)", smk.rule, name, threads)
         start = time.perf_counter()
         try:
-            result = func(**kwargs)
+            result = func(*args, **kwargs)
         except Exception:
             log.error("rule %s failed:\n%s", smk.rule, traceback.format_exc())
             raise
