@@ -225,39 +225,46 @@ def truth_mcc(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int = 0)
 #: ``component`` value of whole-representation rows in the long scores table.
 ALL = "all"
 SCORE_COLUMNS = ["method", "component", "metric", "value"]
+SCORE_PARAMS = ("batch_key", "perturbation_key", "bio_key", "control_key", "margin", "min_share",
+                "top_fraction", "mixing", "max_wells", "n_neighbors", "max_labels", "perplexity",
+                "seed")
 
 
 def compute_scores(Z: np.ndarray, obs: pd.DataFrame, *, method: str,
                    names: list[str] | None = None,
                    truth: dict[str, pd.DataFrame] | None = None,
-                   batch_key: str = "batch", bio_key: str = "perturbation",
-                   control_key: str = "is_control", margin: float = 2.0, min_share: float = 0.05,
-                   top_fraction: float = 0.25, mixing: bool = True, max_wells: int = 20000,
-                   n_neighbors: int = 15, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   batch_key: str = "batch", perturbation_key: str = "perturbation",
+                   bio_key: str | None = None, control_key: str = "is_control",
+                   margin: float = 2.0, min_share: float = 0.05, top_fraction: float = 0.25,
+                   mixing: bool = True, max_wells: int = 10000, n_neighbors: int = 15,
+                   max_labels: int = 100, perplexity: float = 30.0,
+                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All separation scores of one representation ``Z`` (n x k).
 
     Returns ``(long, attribution)``: the long table (columns ``method, component, metric,
     value``; per-component rows carry the component name, whole-representation rows
     ``component == "all"``) and the per-component attribution table (with the text label).
 
-    Per-component metrics: ``batch_share``, ``perturbation_share``, ``attribution``
-    (:data:`LABEL_CODES`: -1 technical, 0 mixed, 1 biological).
+    Per-component metrics: ``batch_share``, ``perturbation_share`` (``perturbation_key`` nested
+    in batch), ``attribution`` (:data:`LABEL_CODES`: -1 technical, 0 mixed, 1 biological).
     Whole-representation metrics: ``n_components``, ``n_technical``, ``n_mixed``,
-    ``n_biological``, ``hoyer``, ``bio_top<100*top_fraction>_share``, ``mcc_<truth>`` and
-    ``mcc_<truth>_split`` per ground-truth table (``truth_biology`` -> ``mcc_biology``), and with
-    ``mixing`` the scores of :func:`mixing_scores`.
+    ``n_biological``, ``hoyer``, ``bio_top<100*top_fraction>_share`` (share of the summed
+    ``perturbation_share`` in the top components), ``mcc_<truth>`` and ``mcc_<truth>_split``
+    per ground-truth table (``truth_biology`` -> ``mcc_biology``), and with ``mixing`` those of
+    :func:`mixing_scores` (biology label ``bio_key``, default the perturbation).
     """
     Z = np.asarray(Z)
     if Z.ndim != 2 or Z.shape[0] != len(obs):
         raise InputError("X", f"shape {Z.shape} does not match {len(obs)} obs rows")
     if not np.isfinite(Z).all():
         raise InputError("X", "contains NaN or infinite values")
-    for col in (batch_key, bio_key, control_key):
+    bio_key = bio_key or perturbation_key
+    for col in dict.fromkeys((batch_key, perturbation_key, bio_key, control_key)):
         if col not in obs.columns:
             raise InputError("obs", f"missing column {col!r} needed for scoring")
     names = [str(c) for c in (names if names is not None else range(1, Z.shape[1] + 1))]
     controls = obs[control_key].to_numpy().astype(bool)
-    attribution = component_attribution(Z, obs, batch_key=batch_key, bio_key=bio_key,
+    attribution = component_attribution(Z, obs, batch_key=batch_key, bio_key=perturbation_key,
                                         control_key=control_key, margin=margin,
                                         min_share=min_share, names=names)
     rows: list[tuple[str, str, float]] = []
@@ -278,35 +285,45 @@ def compute_scores(Z: np.ndarray, obs: pd.DataFrame, *, method: str,
         rows.append((ALL, f"mcc_{short}", in_sample))
         rows.append((ALL, f"mcc_{short}_split", held))
     if mixing:
-        for metric, value in mixing_scores(Z, obs, batch_key=batch_key, bio_key=bio_key,
-                                           control_key=control_key, max_wells=max_wells,
-                                           n_neighbors=n_neighbors, seed=seed).items():
-            rows.append((ALL, metric, value))
+        scores = mixing_scores(Z, obs, batch_key=batch_key, perturbation_key=perturbation_key,
+                               bio_key=bio_key, control_key=control_key, max_wells=max_wells,
+                               n_neighbors=n_neighbors, max_labels=max_labels,
+                               perplexity=perplexity, seed=seed)
+        rows += [(ALL, metric, value) for metric, value in scores.items()]
     long = pd.DataFrame(rows, columns=["component", "metric", "value"])
     long.insert(0, "method", method)
     long["value"] = long["value"].astype(np.float64)
     return long[SCORE_COLUMNS], attribution
 
 
-def run_scores(postprocessed_path: str, *, out_tsv: str, method: str,
-               params: dict | None = None) -> None:
-    """The ``score_separation`` rule: score a post-processed AnnData and write the long TSV.
-
-    ``params`` are keyword arguments of :func:`compute_scores` (``batch_key``, ``bio_key``,
-    ``control_key``, ``margin``, ``min_share``, ``top_fraction``, ``mixing``, ``max_wells``,
-    ``n_neighbors``, ``seed``). Ground truth is scored when the AnnData has
-    ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``.
-    """
-    from ..io import read_h5ad, write_tsv
-
+def scores_params(params: dict | None) -> dict:
+    """Keyword arguments of :func:`compute_scores` from the workflow's ``scores`` config plus an
+    optional ``labels`` block (``biology``: obs column of the biology label, null = perturbation;
+    other label keys, e.g. ``dose``, are not used by the scores)."""
     params = dict(params or {})
-    allowed = {"batch_key", "bio_key", "control_key", "margin", "min_share", "top_fraction",
-               "mixing", "max_wells", "n_neighbors", "seed"}
-    unknown = sorted(set(params) - allowed)
+    labels = dict(params.pop("labels", None) or {})
+    if labels.get("biology"):
+        params.setdefault("bio_key", str(labels["biology"]))
+    unknown = sorted(set(params) - set(SCORE_PARAMS))
     if unknown:
         from ..errors import ConfigError
 
-        raise ConfigError(f"scores: unknown parameter(s) {unknown}; known: {sorted(allowed)}")
+        raise ConfigError(f"scores: unknown parameter(s) {unknown}; known: {sorted(SCORE_PARAMS)}")
+    return params
+
+
+def run_scores(postprocessed_path: str, *, out_tsv: str, method: str,
+               params: dict | None = None) -> None:
+    """The ``score_separation`` rule: score a post-processed AnnData and write the long TSV
+    (columns exactly ``method, component, metric, value``; see :func:`compute_scores`).
+
+    ``params``: keyword arguments of :func:`compute_scores` and optionally ``labels`` (the
+    workflow's ``labels`` config; see :func:`scores_params`). Ground truth is scored when the
+    AnnData has ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``.
+    """
+    from ..io import read_h5ad, write_tsv
+
+    kwargs = scores_params(params)
     try:
         adata = read_h5ad(postprocessed_path)
     except (OSError, KeyError) as exc:
@@ -315,7 +332,7 @@ def run_scores(postprocessed_path: str, *, out_tsv: str, method: str,
     truth = {key: adata.obsm[key] for key in ("truth_biology", "truth_batch") if key in adata.obsm}
     try:
         long, _ = compute_scores(X, adata.obs, method=method, names=list(adata.var_names),
-                                 truth=truth, **params)
+                                 truth=truth, **kwargs)
     except InputError as exc:
         raise InputError(postprocessed_path, f"{exc.source}: {exc.problem}") from exc
     write_tsv(long, out_tsv)
@@ -341,22 +358,30 @@ def knn(Z: np.ndarray, n_neighbors: int):
     return NeighborsResults(indices=idx, distances=dist)
 
 
+def _frequent_label_rows(rows: np.ndarray, labels: np.ndarray, max_labels: int) -> np.ndarray:
+    """Rows whose label is among the ``max_labels`` most frequent labels with >= 2 rows."""
+    counts = pd.Series(labels[rows]).value_counts()
+    keep = counts[counts >= 2].index[:max_labels]
+    return rows[np.isin(labels[rows], keep)]
+
+
 def mixing_scores(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
-                  bio_key: str = "perturbation", control_key: str = "is_control",
-                  max_wells: int = 20000, n_neighbors: int = 15, max_labels: int = 100,
-                  perplexity: float = 30.0, seed: int = 0) -> dict[str, float]:
+                  perturbation_key: str = "perturbation", bio_key: str | None = None,
+                  control_key: str = "is_control", max_wells: int = 10000,
+                  n_neighbors: int = 15, max_labels: int = 100, perplexity: float = 30.0,
+                  seed: int = 0) -> dict[str, float]:
     """Batch mixing and biology conservation (scIB definitions), on bounded subsamples.
 
-    Batch mixing, on control wells (where batch is the only systematic difference); higher =
-    better mixed:
-      ``batch_silhouette``  scIB batch ASW: mean of 1 - |silhouette(batch)| over controls;
-      ``ilisi``             scIB-scaled iLISI: (median LISI of batch - 1) / (n_batches - 1);
-      ``graph_connectivity`` scib-metrics ``graph_connectivity`` on a kNN graph of all sampled
-                             wells, per ``bio_key`` label.
-    Biology conservation, on treated wells of the ``max_labels`` most frequent ``bio_key`` labels
-    with >= 2 wells; higher = better kept:
-      ``bio_silhouette``    silhouette of ``bio_key``, rescaled to [0, 1] as scIB does;
-      ``nmi``, ``ari``      k-means (k = number of labels) clusters vs ``bio_key``.
+    Batch mixing, on control wells (where batch is the only systematic difference):
+      ``batch_silhouette``      scIB batch ASW, mean of 1 - |silhouette(batch)|; higher = mixed;
+      ``batch_silhouette_raw``  mean silhouette of batch; lower = better mixed;
+      ``ilisi``                 scIB-scaled iLISI (median LISI - 1) / (n_batches - 1); higher = mixed;
+    ``graph_connectivity``      scib-metrics, kNN graph of all sampled wells, per biology label.
+    Biology conservation, on treated wells of the ``max_labels`` most frequent labels with >= 2
+    wells (higher = better kept):
+      ``perturbation_silhouette`` silhouette of the perturbation, rescaled to [0, 1] as scIB;
+      ``label_silhouette``        the same for the biology label ``bio_key`` (e.g. MOA);
+      ``nmi``, ``ari``            k-means (k = number of biology labels) vs the biology label.
 
     Implementations: scib-metrics' silhouette, LISI and k-means are jax functions that compile
     for every input shape (5-15 s per metric and call on a 2-core machine, more than the
@@ -371,16 +396,20 @@ def mixing_scores(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
     Z = np.asarray(Z, dtype=np.float32)
     rng = np.random.default_rng(seed)
     batches = obs[batch_key].astype(str).to_numpy()
-    bio = obs[bio_key].astype(str).to_numpy()
+    perts = obs[perturbation_key].astype(str).to_numpy()
+    bio = obs[bio_key or perturbation_key].astype(str).to_numpy()
     ctrl = obs[control_key].to_numpy().astype(bool)
-    out = {m: float("nan") for m in ("batch_silhouette", "ilisi", "graph_connectivity",
-                                     "bio_silhouette", "nmi", "ari")}
+    out = {m: float("nan") for m in ("batch_silhouette", "batch_silhouette_raw", "ilisi",
+                                     "graph_connectivity", "perturbation_silhouette",
+                                     "label_silhouette", "nmi", "ari")}
 
     c_rows = _subsample(np.flatnonzero(ctrl), max_wells, rng)
     n_batches = len(set(batches[c_rows]))
     if len(c_rows) > n_batches >= 2:
         Zc, bc = Z[c_rows], batches[c_rows]
-        out["batch_silhouette"] = float(np.mean(1.0 - np.abs(silhouette_samples(Zc, bc))))
+        sil = silhouette_samples(Zc, bc)
+        out["batch_silhouette"] = float(np.mean(1.0 - np.abs(sil)))
+        out["batch_silhouette_raw"] = float(np.mean(sil))
         out["ilisi"] = ilisi(Zc, bc, perplexity=perplexity)
 
     all_rows = _subsample(np.arange(len(obs)), max_wells, rng)
@@ -391,16 +420,19 @@ def mixing_scores(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
                                                              bio[all_rows]))
 
     treated = np.flatnonzero(~ctrl) if (~ctrl).any() else np.arange(len(obs))
-    counts = pd.Series(bio[treated]).value_counts()
-    keep_labels = counts[counts >= 2].index[:max_labels]
-    t_rows = _subsample(treated[np.isin(bio[treated], keep_labels)], max_wells, rng)
-    n_labels = len(set(bio[t_rows]))
-    if len(t_rows) > n_labels >= 2:
-        Zt, bt = Z[t_rows], bio[t_rows]
-        out["bio_silhouette"] = float((np.mean(silhouette_samples(Zt, bt)) + 1.0) / 2.0)
-        clusters = KMeans(n_clusters=n_labels, n_init=3, random_state=seed).fit_predict(Zt)
-        out["nmi"] = float(normalized_mutual_info_score(bt, clusters, average_method="arithmetic"))
-        out["ari"] = float(adjusted_rand_score(bt, clusters))
+    same_labels = (bio_key or perturbation_key) == perturbation_key
+    for metric, labels in (("perturbation_silhouette", perts), ("label_silhouette", bio)):
+        rows = _subsample(_frequent_label_rows(treated, labels, max_labels), max_wells, rng)
+        n_labels = len(set(labels[rows]))
+        if metric == "label_silhouette" and same_labels:
+            out[metric] = out["perturbation_silhouette"]
+        elif len(rows) > n_labels >= 2:
+            out[metric] = float((np.mean(silhouette_samples(Z[rows], labels[rows])) + 1.0) / 2.0)
+        if metric == "label_silhouette" and len(rows) > n_labels >= 2:
+            clusters = KMeans(n_clusters=n_labels, n_init=3, random_state=seed).fit_predict(Z[rows])
+            out["nmi"] = float(normalized_mutual_info_score(labels[rows], clusters,
+                                                            average_method="arithmetic"))
+            out["ari"] = float(adjusted_rand_score(labels[rows], clusters))
     return out
 
 
