@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -13,30 +10,12 @@ import pandas as pd
 import pytest
 
 from phenoica.errors import InputError
+from phenoica.profiles import collect_profiles, load_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 BBBC021 = "../shared/data/bbbc021/bbbc021_well_profiles_rep12.csv.gz"
 BBBC021_KW = dict(batch_col="Metadata_Batch", perturbation_col="Metadata_Compound",
                   control_value="DMSO", label_cols=["Metadata_MOA"])
-
-
-def _profiles_module():
-    """phenoica.profiles; while a package of the same name (execution profiles, cli) shadows
-    src/phenoica/profiles.py, load the file directly so its behaviour is still tested.
-    test_public_import_path reports the clash."""
-    module = importlib.import_module("phenoica.profiles")
-    if hasattr(module, "load_profiles"):
-        return module
-    path = REPO / "src" / "phenoica" / "profiles.py"
-    spec = importlib.util.spec_from_file_location("phenoica._profiles_table", path)
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = loaded
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
-profiles = _profiles_module()
-load_profiles, collect_profiles = profiles.load_profiles, profiles.collect_profiles
 
 
 @pytest.fixture(autouse=True)
@@ -47,14 +26,6 @@ def _run_from_repo_root(monkeypatch):
 @pytest.fixture(scope="module")
 def bbbc021() -> tuple[ad.AnnData, pd.DataFrame]:
     return (load_profiles(REPO / BBBC021, **BBBC021_KW), pd.read_csv(REPO / BBBC021))
-
-
-def test_public_import_path():
-    """The workflow calls phenoica.profiles.collect_profiles: the module must be importable
-    under that name (a package src/phenoica/profiles/ would shadow it)."""
-    module = importlib.import_module("phenoica.profiles")
-    assert callable(getattr(module, "collect_profiles", None)), (
-        f"phenoica.profiles resolves to {module.__file__}, not src/phenoica/profiles.py")
 
 
 def test_bbbc021_wells_contract(bbbc021):
