@@ -42,11 +42,17 @@ TINY_OVERRIDES: dict[str, Any] = {
 }
 
 
+# Config sections that an override replaces whole instead of merging into.
+REPLACED_KEYS = ("methods",)
+
+
 def deep_update(base: dict, overrides: Mapping) -> dict:
-    """``base`` with ``overrides`` merged in, nested dicts merged key by key."""
+    """``base`` with ``overrides`` merged in, nested dicts merged key by key (except the
+    sections in REPLACED_KEYS, e.g. the post-processing methods, which are replaced whole)."""
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+        if (isinstance(value, Mapping) and isinstance(merged.get(key), dict)
+                and key not in REPLACED_KEYS):
             merged[key] = deep_update(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

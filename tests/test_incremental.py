@@ -70,8 +70,9 @@ def test_changing_one_rules_parameters_reruns_it_and_its_descendants_only(done):
     expected = keys(done.dry_run("--forcerun", *target.output))
     assert repr(target) in expected
 
-    n_components = done.config()["postprocess"]["methods"]["pca_ica"]["n_components"]
-    done.update_config({"postprocess": {"methods": {"pca_ica": {"n_components": n_components - 1}}}})
+    methods = done.config()["postprocess"]["methods"]
+    methods["pca_ica"]["n_components"] -= 1
+    done.update_config({"postprocess": {"methods": methods}})
     jobs = done.dry_run()
     assert keys(jobs) == expected
     assert not {j.rule for j in jobs} & UPSTREAM_RULES
