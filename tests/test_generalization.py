@@ -270,6 +270,18 @@ def test_sparse_and_topk_probes_change_under_rotation(wells):
     assert diff["auroc_topk"] > 0.01
 
 
+def test_probe_scaling_leaves_a_representation_whitened_on_the_training_wells_unchanged(wells):
+    fold = gen.make_folds(wells.obs["batch"])[1]
+    Z, _ = gen.fold_embedding(recording_factory, "pca", {"n_components": 6}, wells.X, wells.obs, fold)
+    tr, te = Z[fold.train], Z[fold.test]
+    scaled_tr, scaled_te = gen.scale_for_probes(tr, te, "standardize")
+    np.testing.assert_allclose(scaled_tr, tr, atol=1e-4)
+    np.testing.assert_allclose(scaled_te, te, atol=1e-4)
+    raw_tr, raw_te = gen.scale_for_probes(wells.X[fold.train], wells.X[fold.test], "standardize")
+    np.testing.assert_allclose(raw_tr.std(axis=0, ddof=1), 1.0, atol=1e-6)
+    assert np.abs(raw_te.mean(axis=0)).max() > 0.1  # test wells keep their batch shift
+
+
 def test_auroc_probe_on_separable_and_inseparable_data():
     rng = np.random.default_rng(0)
     n = 40
@@ -291,10 +303,10 @@ def test_classification_skips_classes_unseen_in_training():
     Z_tr = np.r_[np.zeros((5, 2)) + [1, 0], np.zeros((5, 2)) + [0, 1]] + 0.01 * np.arange(10)[:, None]
     Z_te = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     pred = gen.classification_task(Z_tr, obs_tr, Z_te, obs_te, label="lab", knn_k=3)
-    assert list(pred["label"]) == ["a", "b"]
+    assert list(pred["label"]) == ["a", "b", "c"] and list(pred["seen"]) == [True, True, False]
     scores = gen.classification_scores(pred)
     assert scores["accuracy_knn"] == 1.0 and scores["accuracy_linear"] == 1.0
-    assert scores["n_test_wells"] == 2
+    assert scores["n_test_wells"] == 2 and scores["n_unseen_class_wells"] == 1
 
 
 def test_relations_from_labels(wells):

@@ -21,11 +21,15 @@ Tasks (``task`` column of the output)
   ``auroc_l2`` (L2 logistic regression: rotation invariant, so identical for PCA, PCA+ICA and
   PCA+Rand), ``auroc_l1`` (L1-sparse logistic regression) and ``auroc_topk`` (L2 logistic
   regression on the ``top_k`` coordinates with the largest training effect size). Only the last two
-  can show what a particular rotation (ICA) buys (``../shared/paper-notes.md``).
+  can show what a particular rotation (ICA) buys (``../shared/paper-notes.md``). Before the
+  logistic probes each coordinate is standardised with the training wells' mean and standard
+  deviation (``probe_scaling``): raw features (``base``) can differ in scale by orders of magnitude,
+  while a representation whitened on the same training wells is left unchanged, so the tie holds.
 - ``classification``: multi-class classification of the biology label (perturbation if none) of
   non-control test wells: ``accuracy_linear``/``macro_f1_linear`` (multinomial L2 logistic
   regression), ``accuracy_knn``/``macro_f1_knn`` (kNN, cosine by default). Test wells whose class
-  never occurs in the training batches are left out (``n_test_wells`` counts those scored).
+  never occurs in the training batches are not scored (``n_test_wells`` counts the scored wells,
+  ``n_unseen_class_wells`` the others).
 - ``retrieval``: cross-batch replicate retrieval. Each non-control test well queries all wells;
   positives are wells of the same perturbation in *other* batches, negatives wells of other
   perturbations (controls included) in any batch (copairs: ``pos_sameby=[perturbation]``,
@@ -113,6 +117,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "probe_c_l1": 1.0,            # inverse regularisation of the L1 probe
     "top_k": 8,                   # coordinates kept by the top-k probe (ranked on training wells)
     "probe_max_iter": 1000,
+    "probe_scaling": "standardize",  # standardize (per coordinate, on the training wells) | none
     # multi-class classification
     "classify_by": None,          # None: the biology label if set, else perturbation
     "classifier_c": 1.0,
@@ -156,6 +161,8 @@ def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     bad_tasks = sorted(set(out["tasks"]) - set(TASKS))
     if bad_tasks:
         raise ConfigError(f"benchmark.tasks: unknown task(s) {bad_tasks}; known: {list(TASKS)}")
+    if out["probe_scaling"] not in ("none", "standardize"):
+        raise ConfigError(f"benchmark.probe_scaling: must be 'none' or 'standardize', got {out['probe_scaling']!r}")
     if out["relationship_reference"] not in ("none", "controls"):
         raise ConfigError("benchmark.relationship_reference: must be 'none' or 'controls', "
                           f"got {out['relationship_reference']!r}")
@@ -228,6 +235,23 @@ def _fit_quietly(model, X, y, sample_weight=None):
     return model, any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
+def scale_for_probes(Z_train: np.ndarray, Z_test: np.ndarray, scaling: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """float64 copies; ``standardize`` centres and scales each coordinate with the training
+    wells' mean and standard deviation. On a representation whitened on those same wells this
+    changes nothing, so the PCA / PCA+ICA / PCA+Rand tie of the L2 probe survives; otherwise it
+    is a per-coordinate step and breaks it slightly."""
+    Z_train = np.asarray(Z_train, dtype=np.float64)
+    Z_test = np.asarray(Z_test, dtype=np.float64)
+    if scaling == "none":
+        return Z_train, Z_test
+    if scaling != "standardize":
+        raise ValueError(f"scaling must be 'none' or 'standardize', got {scaling!r}")
+    mean = Z_train.mean(axis=0)
+    sd = Z_train.std(axis=0, ddof=1) if len(Z_train) > 1 else np.ones(Z_train.shape[1])
+    sd[~(sd > 0)] = 1.0
+    return (Z_train - mean) / sd, (Z_test - mean) / sd
+
+
 def auroc(y_true: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN when one
     class is missing."""
@@ -251,7 +275,7 @@ def effect_size(Z: np.ndarray, is_case: np.ndarray) -> np.ndarray:
 def auroc_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
                obs_test: pd.DataFrame, *, by: str = "perturbation", c_l2: float = 1.0,
                c_l1: float = 1.0, top_k: int = 8, min_wells: int = 2, max_iter: int = 1000,
-               exclude: Sequence[str] = (), seed: int = 0) -> pd.DataFrame:
+               scaling: str = "none", exclude: Sequence[str] = (), seed: int = 0) -> pd.DataFrame:
     """Control-vs-perturbed AUROC on the test wells for each value of ``obs[by]``.
 
     Returns rows (``metric``, ``value``, ``perturbation``): ``auroc_l2``, ``auroc_l1``,
@@ -266,8 +290,7 @@ def auroc_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
     ctrl_te = obs_test["is_control"].to_numpy(bool)
     lab_tr = _label_values(obs_train, by, exclude).to_numpy(object)
     lab_te = _label_values(obs_test, by, exclude).to_numpy(object)
-    Z_train = np.asarray(Z_train, dtype=np.float64)
-    Z_test = np.asarray(Z_test, dtype=np.float64)
+    Z_train, Z_test = scale_for_probes(Z_train, Z_test, scaling)
     if ctrl_tr.sum() < min_wells or ctrl_te.sum() < min_wells:
         return pd.DataFrame(columns=["metric", "value", "perturbation"])
     values = sorted({v for v in lab_tr[~ctrl_tr] if v is not None} & {v for v in lab_te[~ctrl_te] if v is not None})
@@ -311,12 +334,14 @@ def auroc_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
 def classification_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
                         obs_test: pd.DataFrame, *, label: str, include_controls: bool = False,
                         c: float = 1.0, knn_k: int = 5, knn_metric: str = "cosine",
-                        max_iter: int = 1000, exclude: Sequence[str] = ()) -> pd.DataFrame:
+                        max_iter: int = 1000, scaling: str = "none",
+                        exclude: Sequence[str] = ()) -> pd.DataFrame:
     """Predict ``obs[label]`` of test wells with a linear probe and kNN fitted on training wells.
 
-    Returns one row per scored test well: ``label``, ``linear``, ``knn`` (the predictions);
-    score it with :func:`classification_scores`. Test wells whose label is absent from the
-    training wells are not scored.
+    Returns one row per labelled test well: ``label``, ``linear``, ``knn`` (predictions) and
+    ``seen`` (its class occurs among the training wells; unseen classes get no prediction).
+    ``scaling`` applies to the linear probe only (kNN sees the representation as it is).
+    Score it with :func:`classification_scores`.
     """
     y_tr = _label_values(obs_train, label, exclude)
     y_te = _label_values(obs_test, label, exclude)
@@ -326,33 +351,45 @@ def classification_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np
         keep_tr &= ~obs_train["is_control"].to_numpy(bool)
         keep_te &= ~obs_test["is_control"].to_numpy(bool)
     classes = set(y_tr[keep_tr])
-    keep_te &= y_te.isin(classes).to_numpy()
-    columns = ["label", "linear", "knn"]
-    if len(classes) < 2 or not keep_te.any():
-        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame({"label": y_te[keep_te].to_numpy(object).astype(str), "linear": None,
+                        "knn": None, "seen": y_te[keep_te].isin(classes).to_numpy()},
+                       index=obs_test.index[keep_te])
+    scored = keep_te & y_te.isin(classes).to_numpy()
+    if len(classes) < 2 or not scored.any():
+        out["seen"] = False
+        return out
     Xtr = np.asarray(Z_train, dtype=np.float64)[keep_tr]
-    Xte = np.asarray(Z_test, dtype=np.float64)[keep_te]
+    Xte = np.asarray(Z_test, dtype=np.float64)[scored]
     ytr = y_tr[keep_tr].to_numpy(object).astype(str)
-    linear, warned = _fit_quietly(LogisticRegression(C=c, l1_ratio=0.0, max_iter=max_iter), Xtr, ytr)
+    # scaling statistics from all training wells, as in auroc_task
+    Str, Ste = scale_for_probes(Z_train, Z_test, scaling)
+    Str, Ste = Str[keep_tr], Ste[scored]
+    linear, warned = _fit_quietly(LogisticRegression(C=c, l1_ratio=0.0, max_iter=max_iter), Str, ytr)
     if warned:
         log.warning("classification: linear probe stopped at max_iter=%d", max_iter)
     knn = KNeighborsClassifier(n_neighbors=min(int(knn_k), len(ytr)), metric=knn_metric,
                                algorithm="brute").fit(Xtr, ytr)
-    return pd.DataFrame({"label": y_te[keep_te].to_numpy(object).astype(str),
-                         "linear": linear.predict(Xte), "knn": knn.predict(Xte)},
-                        index=obs_test.index[keep_te])
+    seen = out["seen"].to_numpy()
+    out.loc[seen, "linear"] = linear.predict(Ste)
+    out.loc[seen, "knn"] = knn.predict(Xte)
+    return out
 
 
 def classification_scores(predictions: pd.DataFrame) -> dict[str, float]:
-    """Accuracy and macro-F1 (over the true classes present) of both classifiers."""
-    out: dict[str, float] = {"n_test_wells": float(len(predictions))}
-    if predictions.empty:
+    """Accuracy and macro-F1 (over the true classes present) of both classifiers on the test
+    wells of classes seen in training; ``n_test_wells`` counts those, ``n_unseen_class_wells``
+    the others (to score them as errors, as some papers do: accuracy * n / (n + n_unseen))."""
+    seen = predictions[predictions["seen"].astype(bool)]
+    out: dict[str, float] = {"n_test_wells": float(len(seen)),
+                             "n_unseen_class_wells": float(len(predictions) - len(seen))}
+    if seen.empty:
         return out
-    labels = sorted(set(predictions["label"]))
+    labels = sorted(set(seen["label"]))
     for name in ("linear", "knn"):
-        out[f"accuracy_{name}"] = float(np.mean(predictions["label"] == predictions[name]))
-        out[f"macro_f1_{name}"] = float(f1_score(predictions["label"], predictions[name],
-                                                 labels=labels, average="macro", zero_division=0))
+        predicted = seen[name].astype(str)
+        out[f"accuracy_{name}"] = float(np.mean(seen["label"] == predicted))
+        out[f"macro_f1_{name}"] = float(f1_score(seen["label"], predicted, labels=labels,
+                                                 average="macro", zero_division=0))
     return out
 
 
@@ -655,7 +692,7 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
             table = auroc_task(Z[train_idx], obs_tr, Z[test_idx], obs_te, by=p["auroc_by"],
                                c_l2=p["probe_c_l2"], c_l1=p["probe_c_l1"], top_k=p["top_k"],
                                min_wells=p["min_wells"], max_iter=p["probe_max_iter"],
-                               exclude=exclude, seed=p["seed"])
+                               scaling=p["probe_scaling"], exclude=exclude, seed=p["seed"])
             rows += [_rows("auroc", r.metric, r.value, fold.name, r.perturbation)
                      for r in table.itertuples(index=False)]
             pooled["auroc"].append(table)
@@ -663,7 +700,7 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
             pred = classification_task(Z[train_idx], obs_tr, Z[test_idx], obs_te, label=classify_by,
                                        c=p["classifier_c"], knn_k=p["knn_k"],
                                        knn_metric=p["knn_metric"], max_iter=p["probe_max_iter"],
-                                       exclude=exclude)
+                                       scaling=p["probe_scaling"], exclude=exclude)
             rows += [_rows("classification", k, v, fold.name)
                      for k, v in classification_scores(pred).items()]
             pooled["classification"].append(pred)
