@@ -394,7 +394,8 @@ def classification_scores(predictions: pd.DataFrame) -> dict[str, float]:
 
 
 def retrieval_ap(Z: np.ndarray, obs: pd.DataFrame, query_mask: np.ndarray, *, by: str,
-                 exclude: Sequence[str] = (), chunk_size: int = 512) -> pd.DataFrame:
+                 exclude: Sequence[str] = (), chunk_size: int = 512,
+                 show_progress: bool = True) -> pd.DataFrame:
     """Per-query AP of cross-batch retrieval grouped by ``obs[by]`` (see module docstring).
 
     Controls are never queries but stay in every rank list as negatives.
@@ -412,7 +413,7 @@ def retrieval_ap(Z: np.ndarray, obs: pd.DataFrame, query_mask: np.ndarray, *, by
         pos_diffby = ["batch", "perturbation"]
     queries = np.asarray(query_mask, bool) & ~controls
     return average_precision(Z, meta, pos_sameby=[by], pos_diffby=pos_diffby, neg_diffby=[by],
-                             query_mask=queries, chunk_size=chunk_size, show_progress=False)
+                             query_mask=queries, chunk_size=chunk_size, show_progress=show_progress)
 
 
 def retrieval_rows(ap: pd.DataFrame, *, by: str, task: str, fold: str, null_size: int,
