@@ -11,6 +11,7 @@ rule ingest_plate:
         row=lambda wildcards: plate_row(wildcards.plate),
         channels=CHANNELS,
         qc=config["qc"],
+        ingest=config["ingest"],
     threads: rule_threads("ingest_plate")
     resources:
         **rule_resources("ingest_plate"),
