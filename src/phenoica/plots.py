@@ -171,7 +171,7 @@ def plot_attribution_heatmap(scores, out_png: str | os.PathLike, *,
     if not names:
         raise InputError("scores", "no per-component attribution rows to plot")
     width = min(max_components, max(per.groupby("method")["component"].nunique()))
-    fig = Figure(figsize=(max(6.0, 0.18 * width + 2.5), 1.25 * len(names) + 0.8))
+    fig = Figure(figsize=(max(6.0, 0.18 * width + 2.5), 1.9 * len(names) + 0.6), layout="constrained")
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
     label_cmap = ListedColormap([LABEL_COLORS["technical"], LABEL_COLORS["mixed"],
                                  LABEL_COLORS["biological"]])
@@ -197,7 +197,8 @@ def plot_attribution_heatmap(scores, out_png: str | os.PathLike, *,
         summary = ", ".join(f"{int(counts.get(k, 0))} {k}" for k in ("technical", "mixed", "biological"))
         ax.set_title(f"{method}{more}: {summary}", fontsize=9, loc="left")
     if image is not None:
-        fig.colorbar(image, ax=list(axes), fraction=0.025, pad=0.01, label="variance share")
+        fig.colorbar(image, ax=list(axes), fraction=0.025, pad=0.01, label="variance share",
+                     shrink=min(1.0, 2.0 / len(axes) + 0.3))
     _save(fig, out_png)
 
 
@@ -216,13 +217,13 @@ def plot_scores_overview(scores, out_png: str | os.PathLike, *,
     grid = grid.reindex(index=rows, columns=wanted)
     span = grid.max() - grid.min()
     colour = ((grid - grid.min()) / span.where(span > 0, 1.0)).fillna(0.5)
-    fig = Figure(figsize=(0.95 * len(wanted) + 2.0, 0.42 * len(rows) + 1.6))
+    fig = Figure(figsize=(0.95 * len(wanted) + 2.0, 0.42 * len(rows) + 1.6), layout="constrained")
     ax = fig.subplots()
     ax.imshow(colour.to_numpy(), aspect="auto", cmap="Blues", vmin=-0.2, vmax=1.3)
     for i in range(len(rows)):
         for j in range(len(wanted)):
             value = grid.iat[i, j]
-            text = "-" if pd.isna(value) else (f"{value:.0f}" if float(value).is_integer() and abs(value) >= 1
+            text = "-" if pd.isna(value) else (f"{value:.0f}" if wanted[j].startswith("n_")
                                                else f"{value:.3f}")
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(wanted)), wanted, rotation=45, ha="right", fontsize=8)
