@@ -138,6 +138,19 @@ def test_kfold_over_batches_never_splits_a_batch_and_is_seeded():
     assert all(np.array_equal(a.test, b.test) for a, b in zip(folds, again))
 
 
+def test_kfold_protocol_end_to_end_is_deterministic(wells):
+    params = {**FAST, "split": "kfold", "n_folds": 2, "tasks": ["classification", "retrieval"]}
+    runs = [gen.evaluate_method(wells.X, wells.obs, method="pca", method_params={"n_components": 6},
+                                params=params, method_factory=recording_factory) for _ in range(2)]
+    pd.testing.assert_frame_equal(runs[0], runs[1])
+    table = runs[0]
+    assert set(table["fold"]) == {"fold0", "fold1", gen.POOLED}
+    tested = table[(table["metric"] == "n_test_wells") & (table["task"] == "protocol")]["value"]
+    assert tested.sum() == wells.n_obs  # every well is tested once
+    # each query finds replicates in the other test batch as well as in training batches
+    assert summary(table, "retrieval", "map") > 0.2
+
+
 def test_one_batch_is_an_input_error():
     with pytest.raises(InputError, match="at least 2 batches"):
         gen.make_folds(["a", "a"])
