@@ -16,7 +16,7 @@ from phenoica.metrics.disentanglement import (
     mcc_factors,
 )
 
-N = 1500
+N = 1000
 
 
 @pytest.fixture(scope="module")

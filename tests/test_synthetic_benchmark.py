@@ -27,7 +27,7 @@ from phenoica.errors import ConfigError, InputError
 from phenoica.simulate.factors import make_factor_dataset
 
 TINY = {"datasets": ["shapes"], "seeds": [0], "n_train": 160, "n_eval": 100, "image_size": 16,
-        "steps": 15, "batch_size": 32, "width": 8, "hidden": 32, "latent_dim": 6}
+        "steps": 15, "batch_size": 32, "width": 8, "hidden": 32, "latent_dim": 6, "dci_estimator": "lasso"}
 
 
 @pytest.fixture(autouse=True)
@@ -108,13 +108,14 @@ def _codes_file(codes: np.ndarray, ds, model: str = "ae", ica: np.ndarray | None
 
 
 def test_scoring_wiring_on_known_codes():
-    ds = make_factor_dataset("cells", 600, size=8, seed=2)
+    ds = make_factor_dataset("cells", 400, size=8, seed=2)
     perfect = (ds.factors - ds.factors.mean(0)) / ds.factors.std(0)
     rotated = perfect @ np.linalg.qr(np.random.default_rng(0).normal(size=(7, 7)))[0]
-    table = score_latents(_codes_file(rotated, ds, ica=perfect), model="ae_ica")
+    fast = {"dci_estimator": "lasso"}
+    table = score_latents(_codes_file(rotated, ds, ica=perfect), model="ae_ica", params=fast)
     scores = table.set_index("metric")["value"]
     assert scores["MCC"] == pytest.approx(1.0) and scores["InfoM"] > 0.95 and scores["DCI_D"] > 0.9
-    raw = score_latents(_codes_file(rotated, ds, ica=perfect), model="ae").set_index("metric")["value"]
+    raw = score_latents(_codes_file(rotated, ds, ica=perfect), model="ae", params=fast).set_index("metric")["value"]
     assert raw["MCC"] < 0.9 and raw["InfoM"] < scores["InfoM"] - 0.2
     assert set(table["model"]) == {"ae_ica"} and set(table["dataset"]) == {"cells"}
 
