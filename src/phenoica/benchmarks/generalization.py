@@ -162,7 +162,8 @@ def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     if bad_tasks:
         raise ConfigError(f"benchmark.tasks: unknown task(s) {bad_tasks}; known: {list(TASKS)}")
     if out["probe_scaling"] not in ("none", "standardize"):
-        raise ConfigError(f"benchmark.probe_scaling: must be 'none' or 'standardize', got {out['probe_scaling']!r}")
+        raise ConfigError("benchmark.probe_scaling: must be 'none' or 'standardize', "
+                          f"got {out['probe_scaling']!r}")
     if out["relationship_reference"] not in ("none", "controls"):
         raise ConfigError("benchmark.relationship_reference: must be 'none' or 'controls', "
                           f"got {out['relationship_reference']!r}")
@@ -235,7 +236,8 @@ def _fit_quietly(model, X, y, sample_weight=None):
     return model, any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
-def scale_for_probes(Z_train: np.ndarray, Z_test: np.ndarray, scaling: str = "none") -> tuple[np.ndarray, np.ndarray]:
+def scale_for_probes(Z_train: np.ndarray, Z_test: np.ndarray,
+                     scaling: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """float64 copies; ``standardize`` centres and scales each coordinate with the training
     wells' mean and standard deviation. On a representation whitened on those same wells this
     changes nothing, so the PCA / PCA+ICA / PCA+Rand tie of the L2 probe survives; otherwise it
@@ -293,7 +295,8 @@ def auroc_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
     Z_train, Z_test = scale_for_probes(Z_train, Z_test, scaling)
     if ctrl_tr.sum() < min_wells or ctrl_te.sum() < min_wells:
         return pd.DataFrame(columns=["metric", "value", "perturbation"])
-    values = sorted({v for v in lab_tr[~ctrl_tr] if v is not None} & {v for v in lab_te[~ctrl_te] if v is not None})
+    in_train = {v for v in lab_tr[~ctrl_tr] if v is not None}
+    values = sorted(in_train & {v for v in lab_te[~ctrl_te] if v is not None})
     rows, unconverged = [], 0
     k = min(int(top_k), Z_train.shape[1])
     for value in values:
@@ -408,7 +411,8 @@ def retrieval_ap(Z: np.ndarray, obs: pd.DataFrame, query_mask: np.ndarray, *, by
         pos_diffby = ["batch"]
     else:
         key = _label_values(obs, by, exclude)
-        key.iloc[np.flatnonzero(controls)] = "\x00control"  # controls: negatives for every label, never positives
+        # controls: negatives for every label, never positives
+        key.iloc[np.flatnonzero(controls)] = "\x00control"
         meta[by] = key.to_numpy(object)
         pos_diffby = ["batch", "perturbation"]
     queries = np.asarray(query_mask, bool) & ~controls
@@ -433,7 +437,8 @@ def retrieval_rows(ap: pd.DataFrame, *, by: str, task: str, fold: str, null_size
     return rows
 
 
-def perturbation_profiles(Z: np.ndarray, obs: pd.DataFrame, *, reference: str = "none") -> tuple[np.ndarray, list[str]]:
+def perturbation_profiles(Z: np.ndarray, obs: pd.DataFrame, *,
+                          reference: str = "none") -> tuple[np.ndarray, list[str]]:
     """Mean profile of the non-control wells of each perturbation.
 
     ``reference="controls"`` first subtracts, from each well, the mean of the control wells of
@@ -715,7 +720,8 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
                                    seed=p["seed"])
             pooled[task].append(ap)
         if "relationships" in tasks:
-            profiles, names = perturbation_profiles(Z[test_idx], obs_te, reference=p["relationship_reference"])
+            profiles, names = perturbation_profiles(Z[test_idx], obs_te,
+                                                    reference=p["relationship_reference"])
             if len(names) >= 3:
                 ranks = relationship_ranks(profiles, names, relations,
                                            max_null_entities=p["max_null_entities"], seed=p["seed"])
