@@ -112,8 +112,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
                "--jobs", "8", "--status-wait", "3"]
     if slurm_cluster.account:
         install += ["--account", slurm_cluster.account]
-    if not slurm_cluster.accounting:
-        install += ["--status-command", "squeue"]
+    # squeue (the profile's default): the executor then sees the scancelled job as CANCELLED
     subprocess.run(install, env=env, check=True, capture_output=True)
 
     log_path = root / "snakemake.out"

@@ -27,7 +27,7 @@ from .logs import get_logger
 log = get_logger("cli")
 
 PROFILE_NAMES = ("slurm",)
-STATUS_COMMANDS = ("sacct", "squeue")
+STATUS_COMMANDS = ("squeue", "sacct", "auto")
 # Rules that run on a GPU in the Slurm profile (they get gpu=1, cpus_per_gpu, the GPU partition).
 GPU_RULES = ("train_model", "embed_plate")
 
@@ -64,7 +64,7 @@ def render_slurm_profile(
     cpus_per_gpu: int = 4,
     jobs: int = 100,
     group_size: int = 20,
-    status_command: str | None = None,
+    status_command: str = "squeue",
     status_wait_s: int = 40,
     max_cores: int = 8,
     max_mem_mb: int = 64000,
@@ -87,8 +87,11 @@ def render_slurm_profile(
     group_size
         How many plates one grouped per-plate CPU job (simulate, ingest) handles.
     status_command
-        ``sacct`` (needs slurmdbd accounting) or ``squeue`` (needs a MinJobAge of a few minutes);
-        left to the executor's auto-detection when None.
+        How the executor polls its jobs. ``squeue`` (default) needs a MinJobAge of a few minutes;
+        the executor itself switches to sacct where MinJobAge is shorter. ``sacct`` needs slurmdbd
+        accounting; note that snakemake-executor-plugin-slurm 2.8 does not recognise sacct's
+        ``CANCELLED by <uid>`` state, so a job cancelled with scancel is waited on forever.
+        ``auto`` leaves the choice to the executor (sacct wherever it is installed).
     status_wait_s
         Seconds before the executor's first status check, and the base of its polling interval.
     max_cores, max_mem_mb
@@ -102,7 +105,7 @@ def render_slurm_profile(
     gpu_partition = check_identifier(gpu_partition or partition, "Slurm partition", "--gpu-partition")
     if gpu_model is not None:
         gpu_model = check_identifier(gpu_model, "GPU model", "--gpu-model")
-    if status_command is not None and status_command not in STATUS_COMMANDS:
+    if status_command not in STATUS_COMMANDS:
         raise InputError(
             "--status-command", f"{status_command!r} is not one of {', '.join(STATUS_COMMANDS)}"
         )
@@ -118,7 +121,8 @@ def render_slurm_profile(
         "max_mem_mb": _positive(max_mem_mb, "--max-mem-mb"),
         "gpu_spec": f"{gpu_model}:1" if gpu_model else "1",
         "gpu_model": f'    gpu_model: "{gpu_model}"\n' if gpu_model else "",
-        "status_command": f"slurm-status-command: {status_command}\n" if status_command else "",
+        "status_command": (f"slurm-status-command: {status_command}\n"
+                           if status_command != "auto" else ""),
     }
     text = string.Template(profile_template("slurm")).substitute(values)
     yaml.safe_load(text)  # a template bug must fail here, not in the user's next snakemake run
@@ -151,7 +155,9 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-command",
         choices=STATUS_COMMANDS,
-        help="how the executor polls jobs: sacct (needs accounting) or squeue; default: auto",
+        default="squeue",
+        help="how the executor polls jobs: squeue (default; survives scancel), sacct (needs "
+        "accounting; the executor hangs on jobs cancelled with scancel), auto",
     )
     parser.add_argument(
         "--status-wait", type=int, default=40, help="seconds before the first status check (40)"
