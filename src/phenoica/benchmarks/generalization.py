@@ -11,7 +11,8 @@ Methods that standardise each batch on that batch's own controls (CenterScale, T
 variants) use the test batch's control wells for that, as their definition requires, and for
 nothing else. Transductive methods (``method.transductive``: ComBat, Harmony) must see the wells
 they correct: they are fitted on the training *and* test wells, with every label of the test
-wells (perturbation, biology label, dose; everything but plate, well, batch and the control flag)
+wells (perturbation, biology label, dose; everything but plate, well, row, col, batch, the control
+flag and site counts)
 hidden, and the output says so (``task=protocol, metric=transductive, value=1``).
 
 Tasks (``task`` column of the output)
@@ -38,7 +39,9 @@ Tasks (``task`` column of the output)
 - ``retrieval_biology``: the same by biology label, with positives also from another perturbation
   (``pos_sameby=[label]``, ``pos_diffby=[batch, perturbation]``, ``neg_diffby=[label]``).
 - ``relationships``: known-relationship recall (EFAAR convention). Perturbation profiles = mean of
-  the test wells of each perturbation; the cosine similarity of every known related pair is ranked
+  the test wells of each perturbation, each well first taken relative to the mean control well of
+  its batch (``relationship_reference: controls``, the usual "perturbation minus control" profile;
+  ``none`` uses the wells as they are); the cosine similarity of every known related pair is ranked
   among the similarities of all pairs; ``recall_<p>_<1-p>`` = share of related pairs in the bottom
   or top ``p`` of that null, ``recall_top_<p>`` = share in the top ``p``. Related pairs come from
   the relations table (simulator, or a user CSV/TSV with ``perturbation_a``, ``perturbation_b``);
@@ -73,10 +76,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from scipy.stats import rankdata
 from sklearn import config_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import GroupKFold
 from sklearn.neighbors import KNeighborsClassifier
@@ -98,7 +101,7 @@ TABLE_COLUMNS = ["method", "task", "metric", "value", "fold", "perturbation"]
 TASKS = ("auroc", "classification", "retrieval", "retrieval_biology", "relationships", "moa")
 POOLED = "pooled"
 #: obs columns a transductive method may see for test wells (everything else is hidden).
-UNLABELLED_COLUMNS = ("plate", "well", "batch", "is_control", "n_sites", "site")
+UNLABELLED_COLUMNS = ("plate", "well", "row", "col", "batch", "is_control", "n_sites", "site")
 
 DEFAULT_PARAMS: dict[str, Any] = {
     # split protocol
