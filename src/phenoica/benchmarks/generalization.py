@@ -12,8 +12,7 @@ variants) use the test batch's control wells for that, as their definition requi
 nothing else. Transductive methods (``method.transductive``: ComBat, Harmony) must see the wells
 they correct: they are fitted on the training *and* test wells, with every label of the test
 wells (perturbation, biology label, dose; everything but plate, well, row, col, batch, the control
-flag and site counts)
-hidden, and the output says so (``task=protocol, metric=transductive, value=1``).
+flag and site counts) hidden, and the output says so (``task=protocol, metric=transductive, value=1``).
 
 Tasks (``task`` column of the output)
 -------------------------------------
