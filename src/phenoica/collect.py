@@ -115,10 +115,13 @@ def summarize(scores: pd.DataFrame, benchmarks: pd.DataFrame, obs: pd.DataFrame,
     ]
     bench = benchmarks.copy()
     bench["value"] = pd.to_numeric(bench["value"], errors="coerce")
-    bench_means = (bench.dropna(subset=["value"]).groupby(["task", "metric", "method"])["value"]
+    # headline rows: pooled over the held-out folds, about the whole fold (not one perturbation)
+    headline = (bench["fold"].astype(str) == "pooled") & (bench["perturbation"].fillna("").astype(str) == "")
+    headline &= bench["task"].astype(str) != "protocol"
+    bench_means = (bench[headline].dropna(subset=["value"]).groupby(["task", "metric", "method"])["value"]
                    .mean().unstack("method").reindex(columns=list(methods)))
     if not bench_means.empty:
-        lines += ["Held-out-batch benchmarks (mean over folds and perturbations):",
+        lines += ["Held-out-batch benchmarks (pooled over held-out batches):",
                   _format_grid(bench_means), ""]
     overall = scores[scores["component"].astype(str).isin(["all", "", "nan"])].copy()
     overall["value"] = pd.to_numeric(overall["value"], errors="coerce")

@@ -13,6 +13,7 @@ rule benchmark_generalization:
         benchmark=config["benchmark"],
         labels=config["labels"],
         layer=config["postprocess"]["layer"],
+        fit_on=config["postprocess"]["fit_on"],
     threads: rule_threads("benchmark_generalization")
     resources:
         **rule_resources("benchmark_generalization"),
