@@ -275,7 +275,7 @@ def load_encoder(model: dict, checkpoint: str | os.PathLike | None, *,
             raise ConfigError(f"{source}: the model was trained on channels {trained} but the config "
                               f"lists {list(channels)}; a standard MAE needs the same channels in the "
                               "same order (a CA-MAE does not)")
-        encoder = build_model(spec).encoder
+        encoder = build_encoder_for_loading(spec)
         load_weights(encoder, _split_encoder_state(read_state_dict(weights), weights), weights,
                      what=f"encoder of {spec.name!r}")
         encoder.trained_channels = trained or None
@@ -284,18 +284,29 @@ def load_encoder(model: dict, checkpoint: str | os.PathLike | None, *,
         if spec.family != "camae":
             raise ConfigError(f"{checkpoint}: an OpenPhenom checkpoint needs a channel-agnostic model "
                               f"(model.name: camae_vit_small_p16_256 or openphenom), not {name!r}")
-        encoder = build_model(spec).encoder
+        encoder = build_encoder_for_loading(spec)
         load_weights(encoder, openphenom_encoder_state(read_state_dict(weights), encoder, weights),
                      weights, what=f"encoder of {spec.name!r} (OpenPhenom layout)")
         encoder.trained_channels = None
     else:
         spec = _spec_for_config(model, channels)
-        encoder = build_model(spec).encoder
+        encoder = build_encoder_for_loading(spec)
         load_weights(encoder, _split_encoder_state(read_state_dict(weights), weights), weights,
                      what=f"encoder of {spec.name!r}")
         encoder.trained_channels = None
     log.info("model %s: loaded %s checkpoint %s", spec.name, kind, weights)
     return encoder.eval()
+
+
+def build_encoder_for_loading(spec: ModelSpec) -> EncoderBase:
+    """An encoder with uninitialised weights, for loading a checkpoint into: built on the meta
+    device (no time spent on an initialisation that is overwritten), then materialised."""
+    with torch.device("meta"):
+        encoder = build_model(spec).encoder
+    encoder = encoder.to_empty(device="cpu")
+    encoder.reset_fixed_buffers()
+    encoder.spec = spec
+    return encoder
 
 
 def build_model_seeded(spec: ModelSpec, seed: int = 0) -> MaskedAutoencoder:

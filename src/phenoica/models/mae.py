@@ -48,7 +48,7 @@ class EncoderBase(nn.Module):
         self.depth = int(depth)
         self.input_norm = input_norm
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        drop_rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             make_block(block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                        qk_norm=qk_norm, init_values=init_values, drop_path=rate)
@@ -59,6 +59,10 @@ class EncoderBase(nn.Module):
         self._grid = (grid, grid)
         # fixed codes are recomputed, never loaded: they are a function of the geometry only
         self.register_buffer("pos_embed", sincos_pos_embed(self._grid, embed_dim), persistent=False)
+
+    def reset_fixed_buffers(self) -> None:
+        """Recompute the fixed position codes (after materialising a module built on 'meta')."""
+        self.pos_embed = sincos_pos_embed(self._grid, self.embed_dim).to(self.cls_token.device)
 
     # -- geometry -----------------------------------------------------------------------------
     def grid_of(self, x: torch.Tensor) -> tuple[int, int]:
