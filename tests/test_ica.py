@@ -84,10 +84,13 @@ def test_staged_torch_fit_matches_reference(monkeypatch):
     """The restart-on-a-subsample, refine-on-more-rows path finds the full-data fixed point."""
     S, A, X = laplace_mixture(n=6000, k=6, seed=1)
     Z = fit_whitening(X).transform(X)
-    monkeypatch.setattr(ica_mod, "MIN_SUBSAMPLE", 500)
-    monkeypatch.setattr(ica_mod, "SUBSAMPLE_PER_COMPONENT", 10)
+    monkeypatch.setattr(ica_mod, "MIN_STAGE_ROWS", 500)
+    monkeypatch.setattr(ica_mod, "STAGE_ROWS_PER_COMPONENT", 10)
+    monkeypatch.setattr(ica_mod, "MIN_RESTART_ROWS", 300)
+    monkeypatch.setattr(ica_mod, "RESTART_ROWS_PER_COMPONENT", 10)
     assert ica_mod._stage_sizes(6000, 6) == [500, 2000, 6000]
-    staged = fit_ica(Z, backend="torch", tol=1e-6, max_iter=500)
+    assert ica_mod._restart_rows(6000, 6) == 300
+    staged = fit_ica(Z, backend="torch", tol=1e-6, max_iter=500, n_restarts=3)
     ref = fit_ica(Z, backend="sklearn", tol=1e-6, max_iter=500)
     np.testing.assert_allclose(np.abs(staged.unmixing @ ref.unmixing.T), np.eye(6), atol=1e-3)
 
