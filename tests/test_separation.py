@@ -180,3 +180,18 @@ def test_run_scores_writes_the_long_tsv(wells, tmp_path):
                    params={"mixing": False, "labels": {"biology": "mechanism"}})
     with pytest.raises(ConfigError, match="unknown"):
         run_scores(str(post), out_tsv=str(out), method="pca_ica", params={"knn": 3})
+
+
+def test_lisi_matches_harmonypy():
+    from harmonypy import compute_lisi
+
+    from phenoica.metrics.separation import ilisi, lisi
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(300, 6))
+    batches = rng.integers(0, 3, 300).astype(str)
+    Z[batches == "1", 0] += 2.0
+    ours = lisi(Z, batches, perplexity=20)
+    ref = compute_lisi(Z, pd.DataFrame({"b": batches}), ["b"], perplexity=20)[:, 0]
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+    assert ilisi(Z, batches, perplexity=20) == pytest.approx((np.median(ref) - 1) / 2, abs=1e-3)

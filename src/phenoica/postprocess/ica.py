@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..logs import get_logger
+from ..logs import get_logger, progress
 from .whitening import Whitening, column_moments, fit_whitening
 
 log = get_logger(__name__)
@@ -248,8 +248,9 @@ def _fastica_torch_loop(Xt, W: np.ndarray, tol: float, max_iter: int, single_thr
     n = Xt.shape[0]
     W64 = torch.as_tensor(W, dtype=torch.float64, device=Xt.device)
     converged, it = False, 0
-    with torch.no_grad():
+    with torch.no_grad(), progress(total=max_iter, desc=f"ICA on {n} rows", leave=False) as bar:
         for it in range(1, max_iter + 1):
+            bar.update()
             Wt = W64.to(Xt.dtype)
             G = torch.tanh(Xt @ Wt.T)                      # n x k
             gprime = 1.0 - (G * G).mean(dim=0)             # E g'(w^T x)
@@ -257,6 +258,7 @@ def _fastica_torch_loop(Xt, W: np.ndarray, tol: float, max_iter: int, single_thr
             with _torch_threads(1 if single_thread_algebra else None):
                 W1 = _sym_decorrelation_torch(W1)
             lim = float((torch.abs(torch.abs((W1 * W64).sum(dim=1)) - 1.0)).max())
+            bar.set_postfix_str(f"change {lim:.1e}", refresh=False)
             W64 = W1
             if lim < tol:
                 converged = True
@@ -348,7 +350,7 @@ def fit_ica(Z: np.ndarray, *, n_components: int | None = None, backend: str = "a
     else:
         solver = _fastica_sklearn if backend == "sklearn" else _picard
         best = None
-        for r, w0 in enumerate(inits):
+        for r, w0 in enumerate(progress(inits, desc=f"ICA ({backend}) restarts")):
             W, n_iter, converged = solver(X, w0, tol, max_iter, seed + r)
             score = float(negentropy(X @ W.T).sum())
             log.info("ICA %s restart %d: %d iterations, converged=%s, negentropy %.5f",
