@@ -161,14 +161,14 @@ class _Embedder:
         size = self.cfg["batch_size"]
         parts = [self.forward(tiles[i:i + size]) for i in range(0, tiles.shape[0], size)]
         how = self.cfg["tile_aggregate"]
-        for site in torch.unique_consecutive(owner).tolist():
-            rows = (owner == site).nonzero().squeeze(1)
-            for k in self.cfg["layers"]:
-                pooled = torch.cat([p[k]["pooled"] for p in parts])[rows]
-                self.pooled[k][site] = _aggregate(pooled, how).numpy()
-                if self.channels:
-                    chans = torch.cat([p[k]["channels"] for p in parts])[rows]
-                    self.channels[k][site] = _aggregate(chans, how).numpy()
+        sites = torch.unique_consecutive(owner).tolist()
+        rows = {site: (owner == site).nonzero().squeeze(1) for site in sites}
+        for k in self.cfg["layers"]:
+            targets = [("pooled", self.pooled[k])] + ([("channels", self.channels[k])] if self.channels else [])
+            for name, store in targets:
+                values = torch.cat([p[k][name] for p in parts]) if len(parts) > 1 else parts[0][k][name]
+                for site in sites:
+                    store[site] = _aggregate(values[rows[site]], how).numpy()
 
 
 def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike, model: dict,

@@ -72,17 +72,21 @@ def normalize_site(img: np.ndarray, mode: str, stats: tuple[np.ndarray, np.ndarr
     if mode == "none":
         return img
     if mode == "image":
-        flat = img.reshape(img.shape[0], -1).astype(np.float64)
-        mean = flat.mean(axis=1)
-        std = flat.std(axis=1)
-    elif mode == "plate":
+        # float64 accumulators without a float64 copy of the image (this runs per site in workers)
+        flat = img.reshape(img.shape[0], -1)
+        mean = flat.mean(axis=1, dtype=np.float64)
+        centred = flat - mean[:, None].astype(np.float32)
+        std = np.sqrt(np.einsum("ij,ij->i", centred, centred, dtype=np.float64) / flat.shape[1])
+        scale = (1.0 / np.maximum(std, NORM_EPS)).astype(np.float32)
+        return (centred * scale[:, None]).reshape(img.shape)
+    if mode == "plate":
         if stats is None:
             raise ValueError("plate normalisation needs the plate's channel statistics")
         mean, std = stats
     else:
         raise ValueError(f"unknown normalization {mode!r}; expected image, plate or none")
-    scale = 1.0 / np.maximum(std, NORM_EPS)
-    return ((img - mean[:, None, None].astype(np.float32)) * scale[:, None, None].astype(np.float32))
+    scale = (1.0 / np.maximum(std, NORM_EPS)).astype(np.float32)
+    return (img - mean[:, None, None].astype(np.float32)) * scale[:, None, None]
 
 
 def plate_channel_stats(path_lists: Sequence[Sequence[str]], *, max_sites: int = 64
