@@ -70,11 +70,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "image_size": 32,
     "n_values": {},  # per-factor grid sizes, e.g. {"pos_x": 16}
     "latent_dim": 10,
-    "width": 32,
+    "width": 16,
     "hidden": 256,
-    "steps": 1500,
-    "batch_size": 64,
-    "lr": 0.001,
+    "steps": 3000,
+    "batch_size": 32,
+    "lr": 0.002,
     "weight_decay": 0.0,
     "beta": {"beta_vae": 4.0, "beta_tcvae": 6.0},
     "n_neighbors": 10,
@@ -89,6 +89,8 @@ FULL_PARAMS: dict[str, Any] = {
     "image_size": 64,
     "n_values": {"pos_x": 16, "pos_y": 16, "rotation": 16},
     "width": 32,
+    "batch_size": 64,
+    "lr": 0.001,
     "steps": 100000,
 }
 

@@ -57,11 +57,12 @@ class FactorSpec:
 
 SHAPES_FACTORS: tuple[FactorSpec, ...] = (
     FactorSpec("shape", "categorical", 0, len(SHAPE_NAMES) - 1, len(SHAPE_NAMES)),
-    FactorSpec("scale", "ordinal", 0.22, 0.42, 6),  # circumradius, fraction of the half width
+    FactorSpec("scale", "ordinal", 0.28, 0.5, 6),  # circumradius, fraction of the half width
     # below the square's 90-degree symmetry, so every rotation is distinguishable
     FactorSpec("rotation", "ordinal", 0.0, np.deg2rad(75.0), 8),
-    FactorSpec("pos_x", "ordinal", -0.5, 0.5, 8),
-    FactorSpec("pos_y", "ordinal", -0.5, 0.5, 8),
+    # objects stay inside the frame: |position| + largest circumradius < 1
+    FactorSpec("pos_x", "ordinal", -0.45, 0.45, 8),
+    FactorSpec("pos_y", "ordinal", -0.45, 0.45, 8),
     FactorSpec("object_hue", "ordinal", 0.0, 0.85, 8),  # below 1 so hues do not wrap around
     FactorSpec("background_hue", "ordinal", 0.0, 0.85, 6),
 )
