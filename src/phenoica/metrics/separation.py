@@ -2,17 +2,20 @@
 
 Per component (coordinate)
     ``batch_share``: share of the component's variance among control wells explained by batch;
-    ``perturbation_share``: share of its within-batch variance explained by the biology label
-    (``bio_key``: perturbation, or e.g. MOA) nested in batch. Both are chance-corrected
-    (epsilon-squared: between-group sum of squares minus its expectation under no effect, over the
-    total; clipped to [0, 1]), so many small groups do not inflate them.
+    ``perturbation_share``: share of its within-batch variance explained by the perturbation
+    nested in batch. Both are chance-corrected (epsilon-squared: between-group sum of squares
+    minus its expectation under no effect, over the total; clipped to [0, 1]), so many small
+    groups do not inflate them.
     ``label``: technical / biological / mixed (:func:`attribution_labels`).
 Per representation
     Hoyer sparsity, concentration of biological signal in the top 25% of components, MCC against
-    simulated ground truth, and (rotation-invariant) batch-mixing and biology-conservation scores.
+    simulated ground truth, and (rotation-invariant) batch-mixing and biology-conservation scores
+    (:func:`mixing_scores`).
 
 Per-component scores change under rotation (that is where ICA differs from PCA); the mixing and
 conservation scores do not (whitened PCA, PCA+ICA and PCA+Rand score the same).
+Note: methods that centre every batch on its own controls (CenterScale, TVN) have a batch share
+of exactly 0 on those controls by construction; judge them on held-out batches.
 """
 
 from __future__ import annotations
