@@ -10,6 +10,7 @@ from scipy.stats import ortho_group
 from phenoica.metrics.identifiability import (
     alignment_errors,
     bilipschitz_from_ratios,
+    components_for_variance,
     decoder_bilipschitz,
     distance_ratios,
     fit_linear_map,
@@ -181,3 +182,33 @@ def test_pairs_and_ratios():
     np.testing.assert_allclose(distance_ratios(z, 2 * z, pairs), 2.0)
     with pytest.raises(ValueError, match="differ in rows"):
         distance_ratios(z, z[:5], pairs)
+
+
+def test_linear_map_ridge_cv_when_rows_are_few():
+    """With about as many fitting rows as dimensions plain least squares interpolates noise
+    (the interpolation peak); the cross-validated ridge does not, and with ample rows both
+    agree."""
+    rng = np.random.default_rng(12)
+    S = rng.uniform(-1, 1, size=(240, 3))
+    A = S @ rng.normal(size=(3, 40)) + 0.3 * rng.normal(size=(240, 40))
+    B = S @ rng.normal(size=(3, 8)) + 0.3 * rng.normal(size=(240, 8))
+    fit = np.zeros(240, bool)
+    fit[:42] = True
+    plain = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], maps=("linear",), linear_ridge=0)
+    cv = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], maps=("linear",))
+    assert _value(cv, "linear", "mean_error") < 0.7 * _value(plain, "linear", "mean_error")
+    Q = ortho_group.rvs(4, random_state=2)
+    X = _uniform_sources(500, 4, seed=3)
+    np.testing.assert_allclose(fit_linear_map(X, X @ Q).matrix, Q, atol=1e-4)
+    np.testing.assert_allclose(fit_linear_map(X, X @ Q, ridge=0).matrix, Q, atol=1e-9)
+    assert fit_linear_map(X, X @ Q, ridge=1e6).matrix.std() < 0.1  # a huge penalty shrinks
+
+
+def test_components_for_variance_and_ica_share():
+    rng = np.random.default_rng(13)
+    Z = rng.normal(size=(500, 5)) * np.array([10.0, 5.0, 0.1, 0.1, 0.1])
+    assert components_for_variance(Z, 0.5) == 1
+    assert components_for_variance(Z, 0.99) == 2
+    assert components_for_variance(Z, 1.0) == 5
+    assert fit_whitened_ica(Z, n_components=0.99).unmixing.shape == (2, 5)
+    assert fit_whitened_ica(Z, n_components=3).unmixing.shape == (3, 5)

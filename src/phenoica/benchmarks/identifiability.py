@@ -16,9 +16,13 @@ and test rows (``fit_fraction``); for every layer and every pair of seeds (a < b
 are fitted on the fitting rows and scored on the test rows. Errors are relative to the latent
 diameter of seed b on the test rows.
 
-ICA components: with ``ica_components: auto`` each side is whitened to min(rank, n_fit / 5)
-components (ICA on as many dimensions as samples is noise); an integer fixes it; ``null`` keeps
-the rank. The number used is recorded (``map=ica, metric=n_components``).
+ICA components: with ``ica_components: auto`` both sides are whitened to k components, the
+larger of the two sides' counts of principal components holding 95 % of the variance (fitting
+rows), capped at n_fit / 5 (ICA on as many dimensions as samples fits noise); a float in
+(0, 1) sets that share without the cap, an integer fixes k, ``null`` keeps each side's rank. The
+number used is recorded (``map=ica, metric=n_components``). The linear map is ridge-stabilised
+by leave-one-out CV (``linear_ridge: cv``; 0 = plain least squares), since probe sets often
+have fewer fitting rows than dimensions.
 
 Protocol (isometry): each decoder's bi-Lipschitz constant 1 + L is estimated from distance
 ratios ||g(z) - g(z')|| / ||z - z'|| on pairs of probe latents z (the final-layer token
@@ -44,7 +48,14 @@ import pandas as pd
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_tsv
 from ..logs import get_logger, progress
-from ..metrics.identifiability import MAP_CLASSES, DIAMETERS, alignment_errors, decoder_bilipschitz, split_rows
+from ..metrics.identifiability import (
+    DIAMETERS,
+    MAP_CLASSES,
+    alignment_errors,
+    components_for_variance,
+    decoder_bilipschitz,
+    split_rows,
+)
 
 log = get_logger(__name__)
 
@@ -67,7 +78,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "fit_fraction": 0.5,      # share of probe rows the maps are fitted on
     "split_seed": 0,
     "diameter": "max",        # max | q99 (robust) pairwise distance of the target's test rows
-    "ica_components": "auto",  # auto | null | integer (see module docstring)
+    "ica_components": "auto",  # auto | null | integer | variance share in (0, 1) (see module docstring)
+    "ica_variance": 0.95,     # the share used by ica_components: auto
+    "linear_ridge": "cv",     # cv | 0 (plain least squares) | fixed penalty
     "ica_seed": 0,
     "ica_backend": "auto",    # phenoica.postprocess.ica backend: auto (torch) | sklearn | picard
     "max_rows": None,         # subsample the probe rows (seeded) to bound the cost; null = all
@@ -95,8 +108,15 @@ def identifiability_params(params: Mapping[str, Any] | None = None) -> dict[str,
     if out["diameter"] not in DIAMETERS:
         raise ConfigError(f"identifiability.diameter: one of {DIAMETERS}, got {out['diameter']!r}")
     comp = out["ica_components"]
-    if not (comp is None or comp == "auto" or (isinstance(comp, int) and comp >= 1)):
-        raise ConfigError(f"identifiability.ica_components: 'auto', null or a positive integer, got {comp!r}")
+    if not (comp is None or comp == "auto" or (isinstance(comp, int) and not isinstance(comp, bool) and comp >= 1)
+            or (isinstance(comp, float) and 0.0 < comp < 1.0)):
+        raise ConfigError("identifiability.ica_components: 'auto', null, a positive integer or a variance "
+                          f"share in (0, 1), got {comp!r}")
+    if not 0.0 < float(out["ica_variance"]) <= 1.0:
+        raise ConfigError(f"identifiability.ica_variance: must be in (0, 1], got {out['ica_variance']!r}")
+    ridge = out["linear_ridge"]
+    if not (ridge == "cv" or (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge >= 0)):
+        raise ConfigError(f"identifiability.linear_ridge: 'cv' or a number >= 0, got {ridge!r}")
     if out["layers"] is not None and (not isinstance(out["layers"], (list, tuple))
                                       or not all(isinstance(k, int) for k in out["layers"])):
         raise ConfigError(f"identifiability.layers: null or a list of block numbers, got {out['layers']!r}")
@@ -156,10 +176,12 @@ def _representation(adata: ad.AnnData, layer: int | None, rows: pd.Index, source
     return out
 
 
-def _ica_components(setting: Any, n_fit: int) -> int | None:
-    if setting == "auto":
-        return max(2, n_fit // 5)
-    return setting
+def _ica_components(setting: Any, A_fit: np.ndarray, B_fit: np.ndarray, share: float) -> int | float | None:
+    """The ``n_components`` passed to ``alignment_errors`` for one pair (see module docstring)."""
+    if setting != "auto":
+        return setting
+    k = max(components_for_variance(A_fit, share), components_for_variance(B_fit, share))
+    return int(max(2, min(k, len(A_fit) // 5)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +210,6 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
             if k not in have:
                 raise InputError(path, f"no obsm['X_layer{k}']; layers present: {sorted(have)}")
     fit = split_rows(len(rows), fit_fraction=float(p["fit_fraction"]), seed=int(p["split_seed"]))
-    n_comp = _ica_components(p["ica_components"], int(fit.sum()))
     order = np.argsort(seeds, kind="stable")
     pairs = [(order[i], order[j]) for i, j in itertools.combinations(range(len(seeds)), 2)]
     tables = []
@@ -196,8 +217,10 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
     for k, a, b in progress(jobs, desc="alignment (layer, seed pair)"):
         A = _representation(adatas[a], k, rows, embeddings[a])
         B = _representation(adatas[b], k, rows, embeddings[b])
+        n_comp = _ica_components(p["ica_components"], A[fit], B[fit], float(p["ica_variance"]))
         t = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], maps=tuple(p["maps"]), diameter=p["diameter"],
-                             n_components=n_comp, seed=int(p["ica_seed"]), ica_backend=p["ica_backend"])
+                             n_components=n_comp, seed=int(p["ica_seed"]), ica_backend=p["ica_backend"],
+                             linear_ridge=p["linear_ridge"])
         t.insert(0, "seed_b", int(seeds[b]))
         t.insert(0, "seed_a", int(seeds[a]))
         t.insert(0, "layer", int(k))

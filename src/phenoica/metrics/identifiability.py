@@ -8,7 +8,8 @@ seeds of one model, one layer) are compared after the best map ``h: A -> B`` of 
 ``rigid``
     orthogonal map (Procrustes, via SVD) plus translation.
 ``linear``
-    least squares with intercept (any affine map).
+    least squares with intercept (any affine map); ridge-stabilised by leave-one-out CV when
+    the fitting rows are too few for plain least squares (see :func:`fit_linear_map`).
 ``ica``
     *unsupervised*: each side is whitened and unmixed by ICA on its own, the two sets of
     sources are matched by the best signed permutation, and the matched sources of ``A`` are
@@ -117,12 +118,41 @@ def fit_rigid_map(A: np.ndarray, B: np.ndarray) -> AffineMap:
     return AffineMap(A.mean(axis=0), u @ vt, B.mean(axis=0))
 
 
-def fit_linear_map(A: np.ndarray, B: np.ndarray) -> AffineMap:
-    """Least squares with intercept (minimum-norm solution when A is rank deficient)."""
+def fit_linear_map(A: np.ndarray, B: np.ndarray, *, ridge: float | str = "cv") -> AffineMap:
+    """Least squares with intercept.
+
+    ``ridge="cv"``: ridge penalty chosen by efficient leave-one-out cross-validation over a
+    log grid (relative to the mean eigenvalue of A's scatter), so a map fitted on fewer rows
+    than dimensions does not interpolate noise; with ample rows it selects a negligible
+    penalty, i.e. plain least squares. ``ridge=0``: plain (minimum-norm) least squares; a
+    positive number: that fixed penalty.
+    """
     A, B = _pair(A, B)
     Ac, Bc = A - A.mean(axis=0), B - B.mean(axis=0)
-    matrix, *_ = np.linalg.lstsq(Ac, Bc, rcond=None)
+    if ridge == "cv":
+        from sklearn.linear_model import RidgeCV
+
+        scale = float(np.sum(Ac * Ac)) / max(A.shape[1], 1)
+        if scale <= 0:
+            matrix = np.zeros((A.shape[1], B.shape[1]))
+        else:
+            fit = RidgeCV(alphas=scale * np.logspace(-9, 1, 21), fit_intercept=False).fit(Ac, Bc)
+            matrix = np.asarray(fit.coef_, dtype=np.float64).reshape(B.shape[1], A.shape[1]).T
+    elif float(ridge) > 0:
+        gram = Ac.T @ Ac + float(ridge) * np.eye(A.shape[1])
+        matrix = np.linalg.solve(gram, Ac.T @ Bc)
+    else:
+        matrix, *_ = np.linalg.lstsq(Ac, Bc, rcond=None)
     return AffineMap(A.mean(axis=0), matrix, B.mean(axis=0))
+
+
+def components_for_variance(Z: np.ndarray, share: float) -> int:
+    """Smallest number of principal components holding ``share`` of the variance of ``Z``."""
+    Z = np.asarray(Z, dtype=np.float64)
+    s = np.linalg.svd(Z - Z.mean(axis=0), compute_uv=False) ** 2
+    if s.sum() <= 0:
+        return 1
+    return int(min(np.searchsorted(np.cumsum(s) / s.sum(), share - 1e-12) + 1, len(s)))
 
 
 @dataclass(frozen=True)
@@ -141,13 +171,14 @@ class WhitenedICA:
         return np.asarray(S, dtype=np.float64) @ self.mixing.T + self.mean
 
 
-def fit_whitened_ica(Z: np.ndarray, *, n_components: int | None = None, seed: int = 0,
+def fit_whitened_ica(Z: np.ndarray, *, n_components: int | float | None = None, seed: int = 0,
                      backend: str = "auto", n_restarts: int = 3) -> WhitenedICA:
     """PCA-whiten ``Z`` to ``k`` components (``phenoica.postprocess.whitening``) and unmix them
     with ICA (``phenoica.postprocess.ica``: log-cosh contrast, symmetric decorrelation, seeded
     restarts, signs and order fixed).
 
-    ``k`` = ``n_components`` or, when None, the numerical rank of ``Z``.
+    ``k`` = ``n_components`` (an integer), the number of principal components holding that
+    share of the variance (a float in (0, 1)), or, when None, the numerical rank of ``Z``.
     """
     from ..postprocess.ica import fit_ica
     from ..postprocess.whitening import fit_whitening
@@ -157,7 +188,12 @@ def fit_whitened_ica(Z: np.ndarray, *, n_components: int | None = None, seed: in
         raise ValueError(f"need a 2-D array with at least 3 rows, got shape {Z.shape}")
     if float(np.max(np.ptp(Z, axis=0))) == 0.0:
         raise ValueError("cannot whiten a constant representation")
-    k = None if n_components is None else min(int(n_components), *Z.shape)
+    if n_components is None:
+        k = None
+    elif isinstance(n_components, float) and 0.0 < n_components < 1.0:
+        k = components_for_variance(Z, n_components)
+    else:
+        k = min(int(n_components), *Z.shape)
     whitening = fit_whitening(Z, n_components=k)
     project = whitening.projection()  # d x k, centred rows -> white
     white = (Z - whitening.mean) @ project
@@ -181,7 +217,7 @@ class ICAMap:
         return self.ica_b.reconstruct(self.ica_a.sources(A) @ self.matrix)
 
 
-def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | None = None, seed: int = 0,
+def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | float | None = None, seed: int = 0,
                 backend: str = "auto") -> tuple[ICAMap, np.ndarray, np.ndarray]:
     """Whiten + ICA each side independently on the fitting rows, then match sources by the
     best signed permutation. Returns the map and the fitting-row sources of A and B."""
@@ -200,8 +236,8 @@ def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | None = None
 # --------------------------------------------------------------------------------------------
 def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B_test: np.ndarray,
                      *, maps: tuple[str, ...] | list[str] = MAP_CLASSES, diameter: str = "max",
-                     n_components: int | None = None, seed: int = 0, ica_backend: str = "auto"
-                     ) -> pd.DataFrame:
+                     n_components: int | float | None = None, seed: int = 0, ica_backend: str = "auto",
+                     linear_ridge: float | str = "cv") -> pd.DataFrame:
     """Alignment of representation A onto B after the best map of each class.
 
     Parameters
@@ -215,9 +251,13 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
     diameter
         ``"max"`` or ``"q99"`` (see :func:`latent_diameter`); of ``B_test``.
     n_components
-        Components kept by whitening before ICA (None: the numerical rank).
+        Components kept by whitening before ICA, on each side: an integer, a share of variance
+        (float in (0, 1)), or None (the numerical rank).
     seed, ica_backend
         ICA seed and backend (``phenoica.postprocess.ica.fit_ica``).
+    linear_ridge
+        Penalty of the linear map (see :func:`fit_linear_map`): ``"cv"`` (default), 0 for plain
+        least squares, or a fixed value.
 
     Returns
     -------
@@ -251,7 +291,7 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
             h, _, _ = fit_ica_map(A_fit, B_fit, n_components=n_components, seed=seed, backend=ica_backend)
         else:
             h = {"permutation": fit_permutation_map, "rigid": fit_rigid_map,
-                 "linear": fit_linear_map}[name](A_fit, B_fit)
+                 "linear": lambda a, b: fit_linear_map(a, b, ridge=linear_ridge)}[name](A_fit, B_fit)
         residual = B_test - h(A_test)
         dist = np.linalg.norm(residual, axis=1)
         mean_err[name] = float(dist.mean() / diam)
