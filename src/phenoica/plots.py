@@ -122,7 +122,7 @@ def plot_umap(data, out_png: str | os.PathLike, *, obs: pd.DataFrame | None = No
     else:
         raise InputError("embedding", f"must be 'umap' or 'pca', got {embedding!r}")
     control = obs[control_key].to_numpy().astype(bool)[rows] if control_key in obs.columns else None
-    fig = Figure(figsize=(5.2 * len(color), 4.2))
+    fig = Figure(figsize=(6.2 * len(color), 4.4), layout="constrained")
     axes = fig.subplots(1, len(color), squeeze=False)[0]
     for ax, key in zip(axes, color):
         labels = obs[key].astype(str).to_numpy()[rows]
