@@ -141,6 +141,18 @@ def test_exclude_flagged_and_input_errors(tmp_path, plates):
     assert not (tmp_path / "x.h5ad").exists() and not list(tmp_path.glob(".*partial"))
 
 
+def test_unreadable_image_in_a_worker_is_an_input_error(tmp_path, plates):
+    df = pd.read_parquet(plates[0])
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 this is not a tiff")
+    df.loc[4, "path_RNA"] = str(broken)
+    df.to_parquet(tmp_path / "m.parquet", index=False)
+    for workers in (0, 1):
+        with pytest.raises(InputError, match=r"broken.tif: .*(unreadable|cannot read)"):
+            _embed(tmp_path / "m.parquet", tmp_path / "x.h5ad", embed={**EMBED, "num_workers": workers})
+    assert not (tmp_path / "x.h5ad").exists()
+
+
 def test_tiling_covers_every_pixel():
     assert tile_positions(48, 32, 16) == [0, 16]
     assert tile_positions(50, 32, 16) == [0, 16, 18]

@@ -39,11 +39,11 @@ from .errors import ConfigError, InputError
 from .io import read_table, sanitize_uns, standardize_obs, write_h5ad
 from .io.images import read_image
 from .logs import get_logger, progress
-from .models.checkpoint import checkpoint_sha256, load_encoder
-from .models.data import (SiteTiles, collate_sites, manifest_path_lists, plate_channel_stats,
+from .models.checkpoint import checkpoint_sha256, load_encoder, resolve_spec
+from .models.data import (SiteError, SiteTiles, collate_sites, manifest_path_lists, plate_channel_stats,
                           read_manifest, tile_positions)
 from .models.mae import POOLINGS, EncoderBase
-from .models.registry import NORMALIZATIONS
+from .models.registry import NORMALIZATIONS, ModelSpec
 from .models.train import resolve_device
 from .provenance import add_record
 
@@ -67,14 +67,14 @@ EMBED_DEFAULTS: dict = {
 AGGREGATES = ("mean", "median")
 
 
-def resolve_embed_config(embed: dict | None, encoder: EncoderBase) -> dict:
-    """EMBED_DEFAULTS updated with ``embed`` and the model's defaults; checked."""
+def resolve_embed_config(embed: dict | None, spec: ModelSpec) -> dict:
+    """EMBED_DEFAULTS updated with ``embed`` and the model's defaults (``spec``); checked."""
     embed = dict(embed or {})
     unknown = sorted(set(embed) - set(EMBED_DEFAULTS))
     if unknown:
         raise ConfigError(f"embed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(EMBED_DEFAULTS)}")
     cfg = {**EMBED_DEFAULTS, **embed}
-    spec = encoder.spec
+    channel_agnostic = spec.family == "camae"
     cfg["crop_size"] = int(cfg["crop_size"] or spec.img_size)
     cfg["stride"] = int(cfg["stride"] or cfg["crop_size"])
     if cfg["crop_size"] % spec.patch_size:
@@ -93,11 +93,11 @@ def resolve_embed_config(embed: dict | None, encoder: EncoderBase) -> dict:
     cfg["pooling"] = cfg["pooling"] or spec.pooling
     if cfg["pooling"] not in POOLINGS:
         raise ConfigError(f"embed.pooling must be one of {', '.join(POOLINGS)}")
-    if cfg["pooling"] == "channels" and not encoder.channel_agnostic:
+    if cfg["pooling"] == "channels" and not channel_agnostic:
         raise ConfigError(f"embed.pooling 'channels' needs a channel-agnostic model; {spec.name!r} is not")
     if cfg["per_channel"] is None:
-        cfg["per_channel"] = encoder.channel_agnostic and cfg["pooling"] != "channels"
-    if cfg["per_channel"] and not encoder.channel_agnostic:
+        cfg["per_channel"] = channel_agnostic and cfg["pooling"] != "channels"
+    if cfg["per_channel"] and not channel_agnostic:
         raise ConfigError(f"embed.per_channel needs a channel-agnostic model; {spec.name!r} is not")
     cfg["normalization"] = cfg["normalization"] or spec.normalization
     if cfg["normalization"] not in NORMALIZATIONS:
@@ -176,12 +176,11 @@ def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike
                 device: str = "auto", exclude_flagged: bool = False) -> None:
     """Embed every site of one plate and write a per-site AnnData (see the module docstring)."""
     channels = list(channels)
-    encoder = load_encoder(model, checkpoint, channels=channels)
-    cfg = resolve_embed_config(embed, encoder)
+    spec, _, _, _ = resolve_spec(model, checkpoint, channels=channels)
+    cfg = resolve_embed_config(embed, spec)
     df = read_manifest(manifest_path, channels, exclude_flagged=exclude_flagged)
     paths = manifest_path_lists(df, channels)
     dev = resolve_device(device)
-    encoder.to(dev)
     bf16 = dev.type == "cuda" and (cfg["precision"] == "bf16" or
                                    (cfg["precision"] == "auto" and torch.cuda.is_bf16_supported()))
     stats = (plate_channel_stats(paths, max_sites=cfg["plate_stats_sites"])
@@ -199,13 +198,19 @@ def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike
     workers = cfg["num_workers"]
     loader = DataLoader(dataset, batch_size=sites_per_batch, collate_fn=collate_sites, num_workers=workers,
                         prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda")
+    # start the workers reading before the weights are loaded, so the first batch is waiting
+    batches = iter(loader)
+    encoder = load_encoder(model, checkpoint, channels=channels).to(dev)
     embedder = _Embedder(encoder, cfg, dev, len(df), len(channels), _channel_ids(encoder, channels), bf16)
     log.info("embedding %d sites of %s with %s: %d crop(s) of %d px per site, layers %s, pooling %s, "
              "normalisation %s, device %s", len(df), manifest_path, encoder.spec.name, tiles_per_site,
              cfg["crop_size"], cfg["layers"], cfg["pooling"], cfg["normalization"], dev)
     started = time.perf_counter()
     with progress(total=len(df), desc=f"embed {Path(manifest_path).parent.name or manifest_path}") as bar:
-        for tiles, owner in loader:
+        for batch in batches:
+            if isinstance(batch, SiteError):
+                raise batch.error()
+            tiles, owner = batch
             embedder.add(tiles, owner)
             bar.update(int(torch.unique_consecutive(owner).numel()))
     seconds = time.perf_counter() - started

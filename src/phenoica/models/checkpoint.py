@@ -112,9 +112,10 @@ def _listing(items: list[str]) -> str:
 
 
 def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
-                 *, what: str = "model") -> None:
+                 *, what: str = "model", assign: bool = False) -> None:
     """Strictly load ``state`` into ``module``; InputError lists missing and unexpected keys
-    and shape mismatches (checkpoint shape vs model shape)."""
+    and shape mismatches (checkpoint shape vs model shape). ``assign`` makes the state's
+    tensors the module's (for modules built on the meta device)."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -129,7 +130,9 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source
         problems.append(f"{len(mismatched)} shape mismatch(es) (checkpoint vs model): {_listing(mismatched)}")
     if problems:
         raise InputError(source, f"checkpoint does not fit the {what}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 # --- phenoica checkpoints ----------------------------------------------------------------------
@@ -242,27 +245,20 @@ def load_model(checkpoint: str | os.PathLike) -> MaskedAutoencoder:
     return model
 
 
-def load_encoder(model: dict, checkpoint: str | os.PathLike | None, *,
-                 channels: list[str] | None = None) -> EncoderBase:
-    """The encoder to embed with, in eval mode.
+def resolve_spec(model: dict, checkpoint: str | os.PathLike | None, *,
+                 channels: list[str] | None = None) -> tuple[ModelSpec, str, Path | None, dict | None]:
+    """The spec an encoder for ``model`` + ``checkpoint`` will have, without reading weights.
 
-    ``model`` is the config section (``name``, optional ``overrides``). ``checkpoint`` is a
-    phenoica checkpoint folder, a ``.safetensors``/``.pt`` weights file, an OpenPhenom folder,
-    or None (random weights, seeded; for tests and smoke runs). ``channels`` (the configured
-    channel names) sets a standard MAE's channel count and, for a CA-MAE trained with a channel
-    embedding, maps each channel to the embedding slot it was trained with.
+    Returns ``(spec, kind, weights file, checkpoint config)``; ``kind`` is ``random`` (no
+    checkpoint), ``phenoica``, ``openphenom`` or ``file``. Raises ConfigError when the config
+    and the checkpoint disagree (model name, architecture overrides, a standard MAE's channels).
     """
     if not model or "name" not in model:
         raise ConfigError("model.name: the model section must name a registered model")
     name = model["name"]
     overrides = dict(model.get("overrides") or {})
     if checkpoint is None:
-        spec = _spec_for_config(model, channels)
-        log.warning("model %s: no checkpoint given, embedding with randomly initialised weights", name)
-        encoder = build_model_seeded(spec).encoder
-        encoder.trained_channels = None
-        return encoder.eval()
-
+        return _spec_for_config(model, channels), "random", None, None
     kind, weights, config = checkpoint_kind(checkpoint)
     if kind == "phenoica":
         source = Path(checkpoint) / CONFIG_NAME
@@ -275,36 +271,51 @@ def load_encoder(model: dict, checkpoint: str | os.PathLike | None, *,
             raise ConfigError(f"{source}: the model was trained on channels {trained} but the config "
                               f"lists {list(channels)}; a standard MAE needs the same channels in the "
                               "same order (a CA-MAE does not)")
-        encoder = build_encoder_for_loading(spec)
-        load_weights(encoder, _split_encoder_state(read_state_dict(weights), weights), weights,
-                     what=f"encoder of {spec.name!r}")
-        encoder.trained_channels = trained or None
-    elif kind == "openphenom":
-        spec = _spec_for_config(model, channels)
-        if spec.family != "camae":
-            raise ConfigError(f"{checkpoint}: an OpenPhenom checkpoint needs a channel-agnostic model "
-                              f"(model.name: camae_vit_small_p16_256 or openphenom), not {name!r}")
-        encoder = build_encoder_for_loading(spec)
-        load_weights(encoder, openphenom_encoder_state(read_state_dict(weights), encoder, weights),
-                     weights, what=f"encoder of {spec.name!r} (OpenPhenom layout)")
+        return spec, kind, weights, config
+    spec = _spec_for_config(model, channels)
+    if kind == "openphenom" and spec.family != "camae":
+        raise ConfigError(f"{checkpoint}: an OpenPhenom checkpoint needs a channel-agnostic model "
+                          f"(model.name: camae_vit_small_p16_256 or openphenom), not {name!r}")
+    return spec, kind, weights, config
+
+
+def load_encoder(model: dict, checkpoint: str | os.PathLike | None, *,
+                 channels: list[str] | None = None) -> EncoderBase:
+    """The encoder to embed with, in eval mode.
+
+    ``model`` is the config section (``name``, optional ``overrides``). ``checkpoint`` is a
+    phenoica checkpoint folder, a ``.safetensors``/``.pt`` weights file, an OpenPhenom folder,
+    or None (random weights, seeded; for tests and smoke runs). ``channels`` (the configured
+    channel names) sets a standard MAE's channel count and, for a CA-MAE trained with a channel
+    embedding, maps each channel to the embedding slot it was trained with.
+    """
+    spec, kind, weights, config = resolve_spec(model, checkpoint, channels=channels)
+    if kind == "random":
+        log.warning("model %s: no checkpoint given, embedding with randomly initialised weights", spec.name)
+        encoder = build_model_seeded(spec).encoder
         encoder.trained_channels = None
+        return encoder.eval()
+    encoder = _meta_encoder(spec)
+    state = read_state_dict(weights)
+    if kind == "openphenom":
+        state = openphenom_encoder_state(state, encoder, weights)
+        what = f"encoder of {spec.name!r} (OpenPhenom layout)"
     else:
-        spec = _spec_for_config(model, channels)
-        encoder = build_encoder_for_loading(spec)
-        load_weights(encoder, _split_encoder_state(read_state_dict(weights), weights), weights,
-                     what=f"encoder of {spec.name!r}")
-        encoder.trained_channels = None
+        state = _split_encoder_state(state, weights)
+        what = f"encoder of {spec.name!r}"
+    # the encoder lives on the meta device: take the checkpoint's tensors as its parameters
+    load_weights(encoder, {k: v.contiguous() for k, v in state.items()}, weights, what=what, assign=True)
+    encoder.reset_fixed_buffers()
+    encoder.trained_channels = (list(config.get("channels") or []) or None) if kind == "phenoica" else None
     log.info("model %s: loaded %s checkpoint %s", spec.name, kind, weights)
     return encoder.eval()
 
 
-def build_encoder_for_loading(spec: ModelSpec) -> EncoderBase:
-    """An encoder with uninitialised weights, for loading a checkpoint into: built on the meta
-    device (no time spent on an initialisation that is overwritten), then materialised."""
+def _meta_encoder(spec: ModelSpec) -> EncoderBase:
+    """An encoder without storage, built on the meta device (no time spent initialising
+    weights that a checkpoint replaces)."""
     with torch.device("meta"):
         encoder = build_model(spec).encoder
-    encoder = encoder.to_empty(device="cpu")
-    encoder.reset_fixed_buffers()
     encoder.spec = spec
     return encoder
 

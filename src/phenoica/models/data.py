@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -127,10 +128,23 @@ def tile_site(img: np.ndarray, crop: int, stride: int) -> np.ndarray:
     return np.stack([img[:, y:y + crop, x:x + crop] for y in ys for x in xs])
 
 
+@dataclass(frozen=True)
+class SiteError:
+    """An InputError raised in a DataLoader worker, carried to the main process as data (the
+    loader would otherwise re-raise it as a RuntimeError holding a formatted traceback)."""
+
+    source: str | None
+    problem: str
+
+    def error(self) -> InputError:
+        return InputError(self.source, self.problem)
+
+
 class SiteTiles(Dataset):
     """Embedding input: item ``i`` -> ``(tiles (T, C, crop, crop) float32 tensor, i)``.
 
     Runs in DataLoader workers, so TIFF decoding, normalisation and tiling overlap the model.
+    Unreadable inputs come back as :class:`SiteError`.
     """
 
     def __init__(self, path_lists: Sequence[Sequence[str]], *, crop: int, stride: int,
@@ -142,18 +156,24 @@ class SiteTiles(Dataset):
     def __len__(self) -> int:
         return len(self.path_lists)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SiteError:
         paths = self.path_lists[index]
-        img = normalize_site(read_site(paths), self.normalization, self.stats)
         try:
-            tiles = tile_site(img, self.crop, self.stride)
-        except ValueError as exc:
-            raise InputError(paths[0], str(exc)) from exc
+            img = normalize_site(read_site(paths), self.normalization, self.stats)
+            try:
+                tiles = tile_site(img, self.crop, self.stride)
+            except ValueError as exc:
+                raise InputError(paths[0], str(exc)) from exc
+        except InputError as exc:
+            return SiteError(exc.source, exc.problem)
         return torch.from_numpy(np.ascontiguousarray(tiles)), index
 
 
-def collate_sites(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_sites(items: list) -> tuple[torch.Tensor, torch.Tensor] | SiteError:
     """Concatenate the tiles of several sites; second tensor = site index of every tile."""
+    for item in items:
+        if isinstance(item, SiteError):
+            return item
     tiles = torch.cat([t for t, _ in items])
     owner = torch.cat([torch.full((t.shape[0],), i, dtype=torch.long) for t, i in items])
     return tiles, owner
