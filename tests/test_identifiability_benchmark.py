@@ -166,8 +166,6 @@ def test_mae_decoder_bilipschitz_is_scale_free():
 
 
 def test_decoder_isometry_end_to_end(tmp_path):
-    import torch
-
     from phenoica.benchmarks.identifiability import decoder_isometry
     from phenoica.models import create_model, save_checkpoint
 
