@@ -65,6 +65,7 @@ class Job:
     wildcards: dict[str, str] = field(default_factory=dict)
     reason: str = ""
     output: list[str] = field(default_factory=list)
+    input: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         wc = ",".join(f"{k}={v}" for k, v in sorted(self.wildcards.items()))
@@ -72,7 +73,7 @@ class Job:
 
 
 _JOB_RE = re.compile(r"^\s*(?:local)?rule (\w+):\s*$")
-_FIELD_RE = re.compile(r"^\s*(wildcards|reason|output): (.*)$")
+_FIELD_RE = re.compile(r"^\s*(wildcards|reason|output|input): (.*)$")
 
 
 def parse_dry_run(text: str) -> list[Job]:
@@ -86,8 +87,8 @@ def parse_dry_run(text: str) -> list[Job]:
                 jobs[-1].wildcards = dict(
                     item.split("=", 1) for item in match.group(2).split(", ") if "=" in item
                 )
-            elif match.group(1) == "output":
-                jobs[-1].output = match.group(2).split(", ")
+            elif match.group(1) in ("output", "input"):
+                setattr(jobs[-1], match.group(1), match.group(2).split(", "))
             else:
                 jobs[-1].reason = match.group(2)
     return jobs
