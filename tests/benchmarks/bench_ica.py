@@ -91,9 +91,9 @@ def main() -> None:
         rows.append((name, elapsed, n_iter, converged, amari_distance(W, A)))
     print(f"{'method':<22}{'time s':>10}{'iters':>8}{'converged':>11}{'amari':>10}")
     for name, elapsed, n_iter, converged, amari in rows:
-        print(f"{name:<22}{elapsed:>10.1f}{n_iter:>8d}{str(bool(converged)):>11}{amari:>10.4f}")
+        print(f"{name:<22}{elapsed:>10.1f}{n_iter:>8d}{str(bool(converged)):>11}{amari:>10.5f}")
     ours, ref = rows[0], rows[1]
-    print(f"ica speedup vs sklearn: {ref[1] / ours[1]:.1f}x (amari ours {ours[4]:.4f}, sklearn {ref[4]:.4f})")
+    print(f"ica speedup vs sklearn: {ref[1] / ours[1]:.1f}x (amari ours {ours[4]:.5f}, sklearn {ref[4]:.5f})")
 
 
 if __name__ == "__main__":
