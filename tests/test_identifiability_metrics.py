@@ -110,6 +110,10 @@ def test_ica_undoes_rotation_of_independent_non_gaussian_sources():
     assert err_ica < 0.01
     assert _value(table, "permutation", "mean_error") > 5 * err_ica
     assert _value(table, "ica", "mcc_split") > 0.99
+    assert _value(table, "ica", "projection_error") < 1e-9  # all components kept: no floor
+    reduced = alignment_errors(*_split(A, B), maps=("ica",), n_components=2)
+    assert _value(reduced, "ica", "projection_error") > 0.05
+    assert _value(reduced, "ica", "mean_error") >= _value(reduced, "ica", "projection_error") - 1e-12
     # the unsupervised ICA map also recovers the sources themselves
     ica = fit_whitened_ica(A, seed=0)
     assert mcc(ica.sources(A), S) > 0.99
