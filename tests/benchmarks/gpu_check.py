@@ -18,6 +18,7 @@ the last line is ``embed/forward ratio: <x>`` (the lowest over the models).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -107,12 +108,12 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--sites", type=int, default=None)
     parser.add_argument("--size", type=int, default=1024, help="site side in px (multiple of 256)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 4) - 2)))
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible (run it on a GPU machine)")
-    args.sites = args.sites or (48 if args.quick else 256)
+    args.sites = args.sites or (96 if args.quick else 384)
     args.repeats = args.repeats or (1 if args.quick else 3)
     torch.backends.cuda.matmul.allow_tf32 = True
     n_crops = args.sites * (args.size // 256) ** 2

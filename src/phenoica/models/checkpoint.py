@@ -32,7 +32,7 @@ from ..logs import get_logger
 from ..provenance import file_sha256, package_versions
 from .layers import sincos_pos_embed
 from .mae import EncoderBase, MaskedAutoencoder
-from .registry import ENCODER_FIELDS, ModelSpec, build_model, create_model, get_spec, spec_from_dict
+from .registry import ENCODER_FIELDS, ModelSpec, build_model, get_spec, spec_from_dict
 
 log = get_logger(__name__)
 

@@ -45,10 +45,10 @@ STATE_NAME = ".train_state.pt"
 ARGS_NAME = ".train_args.json"
 LOG_NAME = "train_log.tsv"
 
-# Defaults give the 2-core demo (mae_vit_demo, ~512 sites of 128 px) a clearly learning run
+# Defaults give the 2-core demo (mae_vit_demo, 512 simulated sites) a clearly learning run
 # in about 2-3 minutes; cluster configs set their own values (config/examples/rxrx3_scale.yaml).
 TRAIN_DEFAULTS: dict = {
-    "epochs": 12,
+    "epochs": 8,
     "batch_size": 64,            # crops per optimiser step and process
     "lr": 1.5e-3,                # peak learning rate (AdamW)
     "min_lr": 1.0e-5,            # end of the cosine decay
