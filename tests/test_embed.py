@@ -121,6 +121,23 @@ def test_camae_per_channel_embeddings_and_channel_pooling(tmp_path, plates):
     assert "X_layer3_channels" not in b.obsm
 
 
+def test_camae_maps_channels_to_their_trained_embedding_slots(tmp_path, plates):
+    model = create_model("camae_vit_demo", seed=2, **TINY).eval()
+    save_checkpoint(model, tmp_path / "ca", channels=["Mito", "DNA", "AGP", "RNA"])
+    cfg = {"name": "camae_vit_demo"}
+    a = _embed(plates[0], tmp_path / "a.h5ad", model=cfg, checkpoint=str(tmp_path / "ca"),
+               channels=["RNA", "DNA"])
+    paths = manifest_path_lists(read_manifest(plates[0], ["RNA", "DNA"]), ["RNA", "DNA"])
+    tiles = torch.from_numpy(tile_site(normalize_site(read_site(paths[0]), "image"), 32, 16))
+    with torch.no_grad():
+        want = model.encoder.embed(tiles, [3], channel_ids=torch.tensor([3, 1]))[3]["pooled"].mean(0)
+        unmapped = model.encoder.embed(tiles, [3])[3]["pooled"].mean(0)
+    assert np.allclose(a.X[0], want.numpy(), atol=1e-5)
+    assert not np.allclose(a.X[0], unmapped.numpy(), atol=1e-3)
+    with pytest.raises(ConfigError, match=r"channels \['ER'\] were not seen in training"):
+        _embed(plates[0], tmp_path / "b.h5ad", model=cfg, checkpoint=str(tmp_path / "ca"), channels=["ER"])
+
+
 def test_exclude_flagged_and_input_errors(tmp_path, plates):
     df = pd.read_parquet(plates[0])
     df.loc[[0, 3], "qc_pass"] = False
