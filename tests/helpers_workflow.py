@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PHENOICA = str(Path(sys.executable).with_name("phenoica"))
 # What a project needs to run the workflow; results/, logs/ and .snakemake/ are never copied.
-PROJECT_ITEMS = ("Snakefile", "workflow", "config", "envs")
+PROJECT_ITEMS = ("workflow", "config", "envs")
 
 # The demo made small: 2 plates in 2 batches, 12 wells, 1 site, 64 px (the demo MAE's crop), one
 # training epoch, two post-processing methods. Keys follow config/config.yaml.

@@ -66,3 +66,13 @@ def test_write_tsv_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_tsv(pd.DataFrame({"a": [2]}), target)
     assert target.read_text().splitlines() == ["a", "1"]
+
+
+def test_stale_partials_from_a_killed_run_are_removed(tmp_path):
+    target = tmp_path / "wells.h5ad"
+    (tmp_path / ".wells.h5ad.abc123.partial").write_text("half")
+    (tmp_path / ".wells.h5ad.def456.partial").mkdir()
+    (tmp_path / ".other.h5ad.x.partial").write_text("not ours")
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5ad.x.partial", "wells.h5ad"]

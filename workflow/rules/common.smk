@@ -3,7 +3,7 @@ from pathlib import Path
 
 from phenoica.config import validate_config
 
-validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 
 SOURCE = config["source"]
 SEED = config["seed"]
@@ -66,6 +66,22 @@ def ingest_inputs(wildcards):
     from phenoica.ingest import plate_image_files
 
     return {"platemap": row["platemap"], "images": plate_image_files(row, CHANNELS)}
+
+
+def train_manifests(wildcards):
+    """Manifests of the training plates (a fixed list, so new plates do not trigger retraining)."""
+    from phenoica.errors import ConfigError
+
+    plates = config["train"]["plates"] or PLATES
+    unknown = sorted(set(plates) - set(PLATES))
+    if unknown:
+        raise ConfigError(f"config key train.plates: plates not in {config['plates']}: {unknown}")
+    return expand("results/plates/{plate}/manifest.parquet", plate=plates)
+
+
+def train_params():
+    """The train section as train_model takes it (without the workflow-only plate list)."""
+    return {key: value for key, value in config["train"].items() if key != "plates"}
 
 
 def checkpoint_inputs(wildcards):

@@ -3,14 +3,14 @@
 
 rule train_model:
     input:
-        manifests=expand("results/plates/{plate}/manifest.parquet", plate=PLATES),
+        manifests=train_manifests,
     output:
         weights="results/models/{model}/seed{seed}/model.safetensors",
         model_config="results/models/{model}/seed{seed}/config.json",
         train_log="results/models/{model}/seed{seed}/train_log.tsv",
     params:
         model=config["model"],
-        train=config["train"],
+        train=train_params(),
         channels=CHANNEL_NAMES,
     threads: rule_threads("train_model")
     resources:
