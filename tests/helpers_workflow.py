@@ -37,7 +37,9 @@ TINY_OVERRIDES: dict[str, Any] = {
         "image_size": 64, "n_sites": 1, "n_rows": 2, "n_cols": 6, "n_control_wells": 4,
         "mechanism_sizes": [2, 2], "n_null": 1, "cells_per_site": 8.0,
     }},
-    "train": {"epochs": 1, "batch_size": 8, "crops_per_site": 1, "plate_stats_sites": 4},
+    # a fixed training set: adding a plate later must not retrain (and re-embed) everything
+    "train": {"epochs": 1, "batch_size": 8, "crops_per_site": 1, "plate_stats_sites": 4,
+              "plates": list(TINY_PLATES)},
     "postprocess": {"methods": {"base": {}, "pca_ica": {"n_components": 4}}},
 }
 
