@@ -40,7 +40,7 @@ from .io import read_table, sanitize_uns, standardize_obs, write_h5ad
 from .io.images import read_image
 from .logs import get_logger, progress
 from .models.checkpoint import checkpoint_sha256, load_encoder, resolve_spec
-from .models.data import (SiteError, SiteTiles, collate_sites, manifest_path_lists, plate_channel_stats,
+from .models.data import (SiteError, SiteTiles, lower_worker_priority, collate_sites, manifest_path_lists, plate_channel_stats,
                           read_manifest, tile_positions)
 from .models.mae import POOLINGS, EncoderBase
 from .models.registry import NORMALIZATIONS, ModelSpec
@@ -197,7 +197,8 @@ def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike
                         normalization=cfg["normalization"], stats=stats)
     workers = cfg["num_workers"]
     loader = DataLoader(dataset, batch_size=sites_per_batch, collate_fn=collate_sites, num_workers=workers,
-                        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda")
+                        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda",
+                        worker_init_fn=lower_worker_priority if workers else None)
     # start the workers reading before the weights are loaded, so the first batch is waiting
     batches = iter(loader)
     encoder = load_encoder(model, checkpoint, channels=channels).to(dev)

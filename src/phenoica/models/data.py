@@ -169,6 +169,16 @@ class SiteTiles(Dataset):
         return torch.from_numpy(np.ascontiguousarray(tiles)), index
 
 
+def lower_worker_priority(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers yield the CPU to the model's threads. They run
+    batches ahead (prefetch), so on a busy or small machine they fill the gaps instead of
+    stalling the forward pass; with idle cores this changes nothing."""
+    try:
+        os.nice(10)
+    except OSError:  # not permitted on some systems; priority is only an optimisation
+        pass
+
+
 def collate_sites(items: list) -> tuple[torch.Tensor, torch.Tensor] | SiteError:
     """Concatenate the tiles of several sites; second tensor = site index of every tile."""
     for item in items:

@@ -70,7 +70,8 @@ TRAIN_DEFAULTS: dict = {
     "precision": "auto",         # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
     "checkpoint_every": 1,       # epochs between resume states
     "nproc": "auto",             # processes for data parallel; auto = visible GPUs (1 on CPU)
-    "seed": 0,                   # path-level seed of the workflow; the function's seed argument wins
+    "seed": 0,                   # workflow: the seed in the output path; the seed argument wins
+    "plates": None,              # workflow: the plates whose manifests the rule passes in
 }
 
 
@@ -233,7 +234,7 @@ def _epoch_batches(n_sites: int, epoch: int, seed: int, rank: int, world: int,
 def _fingerprint(manifest_paths: Sequence[str], model: dict, cfg: dict, channels: list[str], seed: int,
                  world: int) -> str:
     relevant = {k: v for k, v in cfg.items() if k not in {"num_workers", "nproc", "checkpoint_every",
-                                                          "cache_images", "cache_max_mb", "seed"}}
+                                                          "cache_images", "cache_max_mb", "seed", "plates"}}
     payload = {
         "manifests": [[str(p), file_sha256(p)] for p in manifest_paths],
         "model": {"name": model.get("name"), "overrides": model.get("overrides") or {}},
