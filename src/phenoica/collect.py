@@ -84,6 +84,7 @@ def collect_results(wells_path: str, *, methods: Mapping[str, str], score_paths:
 HIGHER_IS_BETTER_PREFIXES = ("auroc", "accuracy", "macro_f1", "map", "mean_ap", "recall",
                              "nsc", "nscb", "bio_top25", "hoyer", "mcc_biology",
                              "perturbation_silhouette", "label_silhouette", "nmi", "ari",
+                             "batch_silhouette",
                              "ilisi", "graph_connectivity", "batch_mixing", "fraction_significant")
 LOWER_IS_BETTER_PREFIXES = ("batch_silhouette_raw",)
 

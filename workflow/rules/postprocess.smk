@@ -10,6 +10,7 @@ rule postprocess:
         algorithm=lambda wildcards: method_spec(wildcards.method)[0],
         method_params=lambda wildcards: method_spec(wildcards.method)[1],
         fit_on=config["postprocess"]["fit_on"],
+        train_batches=config["postprocess"]["train_batches"],
         layer=config["postprocess"]["layer"],
     threads: rule_threads("postprocess")
     resources:
