@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..io import atomic_path, write_tsv
 from ..logs import get_logger, progress
 from ..provenance import file_sha256
@@ -194,6 +194,8 @@ def _mean_across_ranks(value: float, world: int, device: torch.device) -> float:
 
 def _training_sites(manifest_paths: Sequence[str], channels: list[str], cfg: dict, normalization: str
                     ) -> tuple[list[list[str]], list]:
+    if not manifest_paths:
+        raise InputError(None, "train_model got no manifests: there are no sites to train on")
     path_lists: list[list[str]] = []
     stats: list = []
     for path in manifest_paths:
