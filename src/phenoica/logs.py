@@ -31,6 +31,26 @@ def progress(iterable: Iterable | None = None, *, desc: str, total: int | None =
     """A tqdm progress bar on stderr. In a log file (not a TTY) it updates every 10 s, so logs
     stay readable; ``PHENOICA_PROGRESS=0`` turns bars off."""
     disable = os.environ.get("PHENOICA_PROGRESS", "1") == "0"
-    mininterval = 0.5 if sys.stderr.isatty() else 10.0
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, mininterval=mininterval,
-                disable=disable, dynamic_ncols=True, **kwargs)
+    tty = sys.stderr.isatty()
+    bar_class = tqdm if tty else _LogFileBar
+    if not tty:
+        kwargs.setdefault("ascii", True)
+    return bar_class(iterable, desc=desc, total=total, file=sys.stderr, mininterval=0.5 if tty else 10.0,
+                     disable=disable, dynamic_ncols=tty, **kwargs)
+
+
+class _LogFileBar(tqdm):
+    """In a log file each refresh is a new line: postfix updates wait for the next timed refresh
+    instead of forcing one per iteration."""
+
+    def display(self, msg=None, pos=None):
+        # one line per refresh ('\r' redraws are unreadable in a file)
+        self.fp.write((msg if msg is not None else self.__str__()) + "\n")
+        self.fp.flush()
+        return True
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=False):
+        super().set_postfix_str(s, refresh=False)
