@@ -1,6 +1,6 @@
 """Embed-stage throughput vs a bare ``model(x)`` forward of the same model (run on demand).
 
-    .venv/bin/python tests/benchmarks/bench_embed.py [--sites 48] [--size 256] [--model mae_vit_demo]
+    .venv/bin/python tests/benchmarks/bench_embed.py [--sites 192] [--size 256] [--model mae_vit_demo]
 
 Writes a synthetic plate of uint16 TIFFs (``--size`` px, 5 channels), then times, alternately:
 
@@ -66,7 +66,7 @@ def bare_forward(encoder: torch.nn.Module, batch: torch.Tensor, n_crops: int) ->
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mae_vit_demo")
-    parser.add_argument("--sites", type=int, default=48)
+    parser.add_argument("--sites", type=int, default=192)
     parser.add_argument("--size", type=int, default=256, help="site image side in px")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
