@@ -44,7 +44,8 @@ def plates(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt") / "mae"
-    save_checkpoint(create_model("mae_vit_demo", seed=5, in_chans=3, **TINY), folder, channels=CHANNELS)
+    save_checkpoint(create_model("mae_vit_demo", seed=5, in_chans=3, normalization="image", **TINY),
+                    folder, channels=CHANNELS)
     return folder
 
 
@@ -209,7 +210,7 @@ def test_collect_wells_aggregates_sites_and_truth(tmp_path, plates):
 def test_collect_wells_refuses_mixed_models_and_missing_truth(tmp_path, plates):
     a, b = str(tmp_path / "a.h5ad"), str(tmp_path / "b.h5ad")
     _embed(plates[0], a)
-    _embed(plates[1], b, embed={**EMBED, "normalization": "plate"})
+    _embed(plates[1], b, embed={**EMBED, "normalization": "image"})
     with pytest.raises(InputError, match="other model or settings"):
         collect_wells([a, b], out_h5ad=str(tmp_path / "w.h5ad"))
     truth = str(write_truth(plates[0], tmp_path / "t.tsv"))

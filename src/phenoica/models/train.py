@@ -328,6 +328,8 @@ def run_training(manifest_paths: Sequence[str], *, out_dir: str | os.PathLike, m
     cfg["mask_ratio"] = cfg["mask_ratio"] if cfg["mask_ratio"] is not None else spec.mask_ratio
     crop = cfg["crop_size"] or spec.img_size
     normalization = cfg["normalization"] or spec.normalization
+    # the checkpoint's spec records how its inputs were scaled, so embedding scales them the same
+    overrides["normalization"] = normalization
     precision = cfg["precision"]
     use_bf16 = dev.type == "cuda" and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
     if precision == "bf16" and dev.type != "cuda":
