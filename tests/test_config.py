@@ -62,3 +62,31 @@ def test_unreadable_config_file(tmp_path):
     bad.write_text("source: [unclosed")
     with pytest.raises(ConfigError, match=str(bad)):
         load_config(bad, SCHEMA)
+
+
+def _schema_defaults(section):
+    return validate_config({}, SCHEMA)[section]
+
+
+def test_schema_defaults_match_the_code_defaults():
+    """The schema documents the defaults; the functions own them. They must agree."""
+    from phenoica.benchmarks.generalization import DEFAULT_PARAMS as BENCHMARK
+    from phenoica.embed import EMBED_DEFAULTS
+    from phenoica.models.train import TRAIN_DEFAULTS
+
+    train = _schema_defaults("train")
+    assert {k: v for k, v in train.items() if k != "plates"} == {
+        k: v for k, v in TRAIN_DEFAULTS.items() if k != "plates"}
+    assert _schema_defaults("embed") == EMBED_DEFAULTS
+    assert _schema_defaults("benchmark") == BENCHMARK
+
+
+def test_score_keys_are_compute_scores_keywords():
+    import inspect
+
+    from phenoica.metrics.separation import compute_scores
+
+    signature = inspect.signature(compute_scores).parameters
+    for key, value in _schema_defaults("scores").items():
+        assert key in signature, key
+        assert signature[key].default == value, key

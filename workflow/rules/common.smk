@@ -81,7 +81,9 @@ def train_manifests(wildcards):
 
 def train_params():
     """The train section as train_model takes it (without the workflow-only plate list)."""
-    return {key: value for key, value in config["train"].items() if key != "plates"}
+    train = {key: value for key, value in config["train"].items() if key != "plates"}
+    train["exclude_flagged"] = train["exclude_flagged"] or config["qc"]["exclude_flagged"]
+    return train
 
 
 def checkpoint_inputs(wildcards):
