@@ -140,22 +140,20 @@ def test_updating_one_raw_image_reruns_that_plate_only(screen):
 
 def test_dag_of_a_large_sheet_builds_without_reading_images(tmp_path):
     """300 simulated plates: the DAG lists every per-plate job (bench_dag.py times 2,000)."""
-    project = make_project(tmp_path / "project")
+    plates = [f"S{i:04d}" for i in range(300)]
+    project = make_project(tmp_path / "project", overrides={"train": {"plates": plates[:2]}})
     demo = pd.read_csv(REPO / "config" / "plates.tsv", sep="\t", dtype=str, keep_default_na=False)
     template = demo.iloc[0]
     root = project.config()["simulate"]["root"]
-    plates = [f"S{i:04d}" for i in range(300)]
     project.write_sheet(pd.DataFrame({
         "plate": plates, "batch": [f"B{i % 10}" for i in range(300)], "layout": template["layout"],
         "path": f"{root}/images", "platemap": [f"{root}/platemaps/{p}.csv" for p in plates],
         "pattern": "",
     }))
-    started = time.perf_counter()
     run = project.snakemake("-n", "--quiet", "rules")  # the job table only
-    elapsed = time.perf_counter() - started
     counts = job_counts(run.stdout)
     assert counts.get("embed_plate") == 300 and counts.get("ingest_plate") == 300, counts
-    assert elapsed < 60, f"dry run of 300 plates took {elapsed:.0f} s"
+    assert counts.get("train_model") == 1, counts
 
 
 def job_counts(text: str) -> dict[str, int]:
