@@ -76,3 +76,17 @@ def test_stale_partials_from_a_killed_run_are_removed(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("done")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5ad.x.partial", "wells.h5ad"]
+
+
+def test_summary_is_printed_only_when_this_run_wrote_it(tmp_path, capsys):
+    import time
+
+    from phenoica.workflow import print_summary_if_updated
+
+    summary = tmp_path / "summary.txt"
+    assert not print_summary_if_updated(summary, since=0.0)  # no summary yet
+    summary.write_text("phenoica summary: 3 wells\n")
+    assert print_summary_if_updated(summary, since=time.time() - 60)
+    assert "phenoica summary: 3 wells" in capsys.readouterr().out
+    assert not print_summary_if_updated(summary, since=time.time() + 60)  # an earlier run's
+    assert capsys.readouterr().out == ""

@@ -56,3 +56,19 @@ def run_rule(smk: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -
                 handler.flush()
         log.info("rule %s done in %.1f s", smk.rule, time.perf_counter() - start)
         return result
+
+
+def print_summary_if_updated(path: str | os.PathLike, since: float) -> bool:
+    """Print the run summary at the end of a workflow run, if this run (re)wrote it.
+
+    ``since`` is the wall-clock time the workflow started; an older summary belongs to an earlier
+    run (e.g. this run only ingested plates) and is not printed. Returns whether it printed.
+    """
+    try:
+        if os.path.getmtime(path) < since:
+            return False
+        text = open(path).read()  # noqa: SIM115
+    except OSError:
+        return False
+    print(f"\n{text.rstrip()}\n(summary: {os.fspath(path)})", flush=True)
+    return True
