@@ -90,3 +90,35 @@ def test_score_keys_are_compute_scores_keywords():
     for key, value in _schema_defaults("scores").items():
         assert key in signature, key
         assert signature[key].default == value, key
+
+
+def test_every_config_key_is_documented():
+    from phenoica.config import SCHEMA_DIR, load_schema, undocumented_keys
+
+    assert undocumented_keys(load_schema(SCHEMA_DIR / "config.schema.yaml")) == []
+
+
+def test_config_readme_is_generated_from_the_schema():
+    """config/README.md is `python -m phenoica.config config/README.md`; regenerate it after
+    changing the schema, the simulator's parameters or a post-processing method."""
+    from phenoica.config import config_reference
+
+    readme = Path(__file__).resolve().parents[1] / "config" / "README.md"
+    assert readme.read_text() == config_reference(), "config/README.md is out of date"
+
+
+def test_config_reference_lists_every_key_and_method():
+    from phenoica.config import SCHEMA_DIR, config_reference, load_schema
+    from phenoica.postprocess.methods import METHOD_NAMES
+    from phenoica.simulate.params import DEFAULT_PARAMS
+
+    text = config_reference()
+    schema = load_schema(SCHEMA_DIR / "config.schema.yaml")
+    for name, spec in schema["properties"].items():
+        assert f"`{name}" in text
+        for key in spec.get("properties", {}):
+            assert f"`{name}.{key}`" in text
+    for key in DEFAULT_PARAMS:
+        assert f"`simulate.params.{key}`" in text
+    for method in METHOD_NAMES:
+        assert f"| `{method}` |" in text

@@ -90,3 +90,119 @@ def load_config(path: str | os.PathLike, schema: dict | str | os.PathLike | None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     return validate_config(config, schema, what=str(path))
+
+
+# --- config/README.md, generated from the schema ----------------------------------------------
+
+REFERENCE_HEADER = """# Configuration reference
+
+Generated from `workflow/schemas/config.schema.yaml` by `python -m phenoica.config
+config/README.md`; a test keeps the two in step. The workflow validates the config against that
+schema when it loads (`snakemake -n` already fails on a wrong key or value, naming the key and
+what is allowed) and fills in every default listed here, so a config only needs the keys it
+changes. `config/config.yaml` is the built-in demo; `config/examples/` holds a real-data example
+(BBBC021 profiles), cluster-sized settings and the full identifiability run.
+
+Override any key on the command line without editing files, e.g.
+`snakemake --cores 2 --config seed=1` or `--configfile my.yaml` (merged over the demo config).
+"""
+
+
+def _type_text(spec: dict) -> str:
+    kind = spec.get("type", "any")
+    kinds = kind if isinstance(kind, list) else [kind]
+    text = " or ".join(str(k) for k in kinds)
+    if "enum" in spec:
+        text += ": " + ", ".join(f"`{v}`" if v is not None else "`null`" for v in spec["enum"])
+    bounds = []
+    for key, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                      ("exclusiveMaximum", "<")):
+        if key in spec:
+            bounds.append(f"{sign} {spec[key]}")
+    if bounds:
+        text += " (" + ", ".join(bounds) + ")"
+    return text
+
+
+def _default_text(spec: dict) -> str:
+    if "default" not in spec:
+        return "required"
+    text = yaml.safe_dump(spec["default"], default_flow_style=True, width=10_000).strip()
+    text = text.removesuffix("...").strip()
+    return f"`{text}`"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def undocumented_keys(schema: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the schema without a description (every key should have one)."""
+    missing = []
+    for name, spec in schema.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        if not spec.get("description"):
+            missing.append(key)
+        missing += undocumented_keys(spec, prefix=f"{key}.")
+    return missing
+
+
+def _methods_reference() -> list[str]:
+    from .postprocess.methods import METHOD_NAMES, METHOD_PARAM_DOCS, METHODS
+
+    lines = ["", "### `postprocess.methods`: the algorithms and their parameters", "",
+             "Each entry is `output name: {method: <algorithm>, <parameter>: <value>, ...}`; "
+             "`method` defaults to the output name, so `pca_ica: {n_components: 32}` runs PCA+ICA and "
+             "`ica64: {method: pca_ica, n_components: 64}` adds a second PCA+ICA as `obsm[\"X_ica64\"]`.",
+             "", "| algorithm | what | parameters (default) |", "|---|---|---|"]
+    for name in METHOD_NAMES:
+        cls = METHODS[name]
+        what = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        params = "; ".join(f"`{k}` ({yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}): "
+                           f"{METHOD_PARAM_DOCS[k]}" for k, v in cls.defaults.items()) or "none"
+        lines.append(f"| `{name}` | {_cell(what)} | {_cell(params)} |")
+    return lines
+
+
+def config_reference(schema: dict | None = None) -> str:
+    """Markdown documenting every config key: type and allowed values, default, meaning."""
+    from .simulate.params import DEFAULT_PARAMS, PARAM_DOCS
+
+    if schema is None:
+        schema = load_schema(SCHEMA_DIR / "config.schema.yaml")
+    lines = [REFERENCE_HEADER]
+    top = [(n, s) for n, s in schema["properties"].items() if "properties" not in s]
+    lines += ["## Top-level keys", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{n}` | {_cell(_type_text(s))} | {_cell(_default_text(s))} | "
+              f"{_cell(s.get('description', ''))} |" for n, s in top]
+    for name, spec in schema["properties"].items():
+        if "properties" not in spec:
+            continue
+        lines += ["", f"## `{name}`", "", _cell(spec.get("description", "")), "",
+                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, sub in spec["properties"].items():
+            lines.append(f"| `{name}.{key}` | {_cell(_type_text(sub))} | {_cell(_default_text(sub))} "
+                         f"| {_cell(sub.get('description', ''))} |")
+            for key2, sub2 in sub.get("properties", {}).items():
+                lines.append(f"| `{name}.{key}.{key2}` | {_cell(_type_text(sub2))} | "
+                             f"{_cell(_default_text(sub2))} | {_cell(sub2.get('description', ''))} |")
+        if name == "simulate":
+            lines += ["", "### `simulate.params`: the simulator's parameters", "",
+                      "| key | default | meaning |", "|---|---|---|"]
+            lines += [f"| `simulate.params.{k}` | `{_cell(DEFAULT_PARAMS[k])}` | {_cell(PARAM_DOCS[k])} |"
+                      for k in DEFAULT_PARAMS]
+        if name == "postprocess":
+            lines += _methods_reference()
+        if name == "resources":
+            lines += ["", "Example: `resources: {embed_plate: {threads: 8, mem_mb: 16000, gpu: 1}}`."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m phenoica.config config/README.md
+    import sys
+
+    text = config_reference()
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(text)
+    else:
+        sys.stdout.write(text)

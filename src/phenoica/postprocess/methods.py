@@ -540,3 +540,27 @@ def fitting_mask(obs: pd.DataFrame, fit_on: str, train_batches=None, *,
     if mask.sum() < 3:
         raise InputError("obs", f"fit_on={fit_on!r} selects {int(mask.sum())} wells; need at least 3")
     return mask
+
+
+#: What every method parameter means (config/README.md lists them per method).
+METHOD_PARAM_DOCS: dict[str, str] = {
+    "n_components": "components kept (null: the numerical rank of the fitting set)",
+    "rel_tol": "eigenvalues below this share of the largest count as zero (rank cut-off)",
+    "standardize": "z-score every feature on the fitting set first (for CellProfiler features)",
+    "seed": "seed of the ICA restarts, the random rotation or Harmony",
+    "backend": "ICA implementation: auto (torch), torch, sklearn, picard",
+    "n_restarts": "ICA restarts from random starts; the best by negentropy is kept",
+    "tol": "ICA convergence tolerance on the unmixing update",
+    "max_iter": "iteration cap (ICA iterations, Harmony rounds)",
+    "batch_key": "obs column with the batch",
+    "control_key": "obs column flagging control wells",
+    "min_controls": "fewest control wells a batch needs for its own statistics",
+    "reg": "ridge added to the control covariances before the CORAL map (TVN), standardised units",
+    "bio_key": "obs column with the biology label that attribution uses",
+    "drop": "which components ICA-clean removes: technical (attribution label) or batch_share",
+    "margin": "a component is technical when its batch share exceeds its biology share this many times",
+    "min_share": "shares below this count as no signal",
+    "max_batch_share": "with drop: batch_share, remove components whose batch share exceeds this",
+    "covariates": "obs columns ComBat keeps (e.g. the perturbation)",
+    "theta": "Harmony's diversity penalty",
+}
