@@ -133,6 +133,16 @@ DEFAULT_RESOURCES = {
     "method_figures": {"threads": 1, "mem_mb": 4000, "runtime": 30},
     "scores_report": {"threads": 1, "mem_mb": 2000, "runtime": 10},
     "benchmark_report": {"threads": 1, "mem_mb": 2000, "runtime": 10},
+    # identifiability: train and embed are GPU rules on a cluster (resources: {rule: {gpu: 1}})
+    "identifiability_train": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+    "identifiability_embed": {"threads": 2, "mem_mb": 4000, "runtime": 30},
+    "identifiability_alignment": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+    "identifiability_isometry": {"threads": 2, "mem_mb": 4000, "runtime": 30},
+    # synthetic benchmark: small CPU models, one thread per job so jobs run side by side
+    "synthetic_dataset": {"threads": 1, "mem_mb": 2000, "runtime": 20},
+    "synthetic_train": {"threads": 1, "mem_mb": 3000, "runtime": 60},
+    "synthetic_score": {"threads": 1, "mem_mb": 3000, "runtime": 30},
+    "synthetic_collect": {"threads": 1, "mem_mb": 2000, "runtime": 10},
 }
 
 

@@ -1,0 +1,102 @@
+# Synthetic disentanglement benchmark (target: snakemake synthetic_benchmark): rendered datasets
+# with known independent factors; AE, AE+ICA, beta-VAE and beta-TCVAE with the same architecture,
+# budget and seeds; InfoM/InfoE/InfoC, MCC and DCI of each (dataset, model, seed).
+# AE+ICA scores the AE's codes after whitening + ICA fitted on its training codes, so it adds no
+# training job. Each rule gets only the parameters it reads, so changing a scoring parameter
+# rescores without retraining.
+from phenoica.benchmarks.synthetic import MODELS as SYN_MODELS
+from phenoica.benchmarks.synthetic import TRAINED_MODELS as SYN_TRAINABLE
+from phenoica.benchmarks.synthetic import base_model, synthetic_params
+from phenoica.simulate.factors import DATASETS as SYN_DATASETS
+
+SYN = synthetic_params(config["synthetic"])  # checked now: a bad key stops the dry run
+SYN_DATA = {key: SYN[key] for key in ("data_seed", "n_train", "n_eval", "image_size", "n_values")}
+SYN_TRAIN = {**SYN_DATA, **{key: SYN[key] for key in ("latent_dim", "width", "hidden", "steps",
+                                                      "batch_size", "lr", "weight_decay", "beta")}}
+SYN_SCORE = {key: SYN[key] for key in ("n_neighbors", "dci_estimator")}
+
+
+wildcard_constraints:
+    dataset="|".join(SYN_DATASETS),
+    arch="|".join(SYN_TRAINABLE),
+    variant="|".join(SYN_MODELS),
+
+
+rule synthetic_dataset:
+    output:
+        data="results/synthetic/data/{dataset}.npz",
+    params:
+        synthetic=SYN_DATA,
+    threads: rule_threads("synthetic_dataset")
+    resources:
+        **rule_resources("synthetic_dataset"),
+    log:
+        "logs/synthetic/data_{dataset}.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/synthetic_dataset.py"
+
+
+rule synthetic_train:
+    input:
+        data="results/synthetic/data/{dataset}.npz",
+    output:
+        latents="results/synthetic/latents/{dataset}/{arch}/seed{seed}.h5ad",
+        weights="results/synthetic/models/{dataset}/{arch}/seed{seed}.safetensors",
+    params:
+        synthetic=SYN_TRAIN,
+    threads: rule_threads("synthetic_train")
+    resources:
+        **rule_resources("synthetic_train"),
+    log:
+        "logs/synthetic/train_{dataset}_{arch}_seed{seed}.log",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/synthetic_train.py"
+
+
+rule synthetic_score:
+    input:
+        latents=lambda wildcards: (f"results/synthetic/latents/{wildcards.dataset}/"
+                                   f"{base_model(wildcards.variant)}/seed{wildcards.seed}.h5ad"),
+    output:
+        scores="results/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
+    params:
+        synthetic=SYN_SCORE,
+    threads: rule_threads("synthetic_score")
+    resources:
+        **rule_resources("synthetic_score"),
+    log:
+        "logs/synthetic/score_{dataset}_{variant}_seed{seed}.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/synthetic_score.py"
+
+
+rule synthetic_collect:
+    input:
+        tables=expand("results/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
+                      dataset=SYN["datasets"], variant=SYN["models"], seed=SYN["seeds"]),
+    output:
+        table="results/synthetic/disentanglement.tsv",
+        summary="results/synthetic/summary.tsv",
+        figure="results/synthetic/disentanglement.png",
+    threads: rule_threads("synthetic_collect")
+    resources:
+        **rule_resources("synthetic_collect"),
+    log:
+        "logs/synthetic/collect.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/synthetic_collect.py"
+
+
+rule synthetic_benchmark:
+    input:
+        "results/synthetic/disentanglement.tsv",
+        "results/synthetic/summary.tsv",
+        "results/synthetic/disentanglement.png",

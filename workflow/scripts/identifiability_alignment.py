@@ -1,0 +1,6 @@
+from phenoica.benchmarks.identifiability import identifiability_alignment
+from phenoica.workflow import run_rule
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+run_rule(smk, identifiability_alignment, embeddings=list(smk.input.embeddings), seeds=list(smk.params.seeds),
+         out_tsv=smk.output.table, out_png=smk.output.figure, params=dict(smk.params.params))
