@@ -29,7 +29,17 @@ log = get_logger("cli")
 PROFILE_NAMES = ("slurm",)
 STATUS_COMMANDS = ("squeue", "sacct", "auto")
 # Rules that run on a GPU in the Slurm profile (they get gpu=1, cpus_per_gpu, the GPU partition).
-GPU_RULES = ("train_model", "embed_plate")
+# (The synthetic benchmark's small autoencoders train on CPUs.)
+GPU_RULES = ("train_model", "embed_plate", "identifiability_train", "identifiability_embed")
+
+
+def _gpu_rules_block(gpu_partition: str, gpu_model: str | None, cpus_per_gpu: int) -> str:
+    """The profile's set-resources / set-threads entries of every GPU rule."""
+    model = f'    gpu_model: "{gpu_model}"\n' if gpu_model else ""
+    resources = "".join(f'  {rule}:\n    slurm_partition: "{gpu_partition}"\n    gpu: 1\n{model}'
+                        f"    cpus_per_gpu: {cpus_per_gpu}\n" for rule in GPU_RULES)
+    threads = "".join(f"  {rule}: {cpus_per_gpu}\n" for rule in GPU_RULES)
+    return "set-resources:\n" + resources + "set-threads:\n" + threads
 
 
 def user_profile_dir(name: str) -> Path:
@@ -120,7 +130,8 @@ def render_slurm_profile(
         "max_cores": max(_positive(max_cores, "--max-cores"), int(cpus_per_gpu)),
         "max_mem_mb": _positive(max_mem_mb, "--max-mem-mb"),
         "gpu_spec": f"{gpu_model}:1" if gpu_model else "1",
-        "gpu_model": f'    gpu_model: "{gpu_model}"\n' if gpu_model else "",
+        "gpu_rules": _gpu_rules_block(gpu_partition, gpu_model, _positive(cpus_per_gpu,
+                                                                           "--cpus-per-gpu")),
         "status_command": (f"slurm-status-command: {status_command}\n"
                            if status_command != "auto" else ""),
     }
