@@ -10,78 +10,7 @@
 # 3. alignment.tsv: per layer and seed pair, errors after the best permutation / rigid / linear /
 #    ICA map; isometry.tsv: per checkpoint of the sweep, its decoder's bi-Lipschitz estimate and
 #    its rigid alignment error to the other seeds of its weight decay.
-from phenoica.benchmarks.identifiability import DEFAULT_PARAMS as IDENT_DEFAULTS
-from phenoica.benchmarks.identifiability import identifiability_params
-from phenoica.errors import ConfigError
-from phenoica.models.train import resolve_train_config
-
-IDENT = config["identifiability"]
-# the analysis parameters (phenoica.benchmarks.identifiability.DEFAULT_PARAMS), checked now
-IDENT_PARAMS = {key: IDENT[key] for key in IDENT_DEFAULTS}
-identifiability_params(IDENT_PARAMS)
-
-
-def wd_label(weight_decay):
-    """A weight decay as it appears in paths (0.05 -> "0.05", 1e-05 -> "1e-05")."""
-    return f"{float(weight_decay):g}"
-
-
-def _ident_train():
-    overrides = dict(IDENT["train"])
-    for key in ("plates", "seed", "weight_decay"):
-        if key in overrides:
-            raise ConfigError(f"config key identifiability.train.{key}: not an override here (the "
-                              "training plates are train.plates, the seeds identifiability.seeds and "
-                              "the weight decays identifiability.weight_decays)")
-    merged = {**train_params(), **overrides}
-    resolve_train_config(merged)  # unknown keys or bad values stop the dry run
-    return merged
-
-
-IDENT_TRAIN = _ident_train()
-IDENT_SHARES_MAIN = IDENT_TRAIN == train_params()
-IDENT_WD = wd_label(IDENT_TRAIN["weight_decay"])
-IDENT_SEEDS = [int(seed) for seed in IDENT["seeds"]]
-IDENT_SWEEP_SEEDS = [int(seed) for seed in (IDENT["sweep_seeds"] or IDENT["seeds"])]
-IDENT_WDS = [wd_label(wd) for wd in IDENT["weight_decays"]]
-if len(set(IDENT_WDS)) != len(IDENT_WDS):
-    raise ConfigError(f"config key identifiability.weight_decays: repeated values {IDENT['weight_decays']}")
-# (weight decay, seed) of every checkpoint in the sweep
-IDENT_SWEEP = [(wd, seed) for wd in IDENT_WDS for seed in IDENT_SWEEP_SEEDS]
-
-
-def ident_model_dir(model, wd, seed):
-    """Checkpoint folder of one (weight decay, seed): the main model's when training is shared."""
-    if IDENT_SHARES_MAIN and wd == IDENT_WD:
-        return f"results/models/{model}/seed{seed}"
-    return f"results/identifiability/models/{model}/wd{wd}/seed{seed}"
-
-
-def ident_checkpoint_files(model, pairs):
-    return [f"{ident_model_dir(model, wd, seed)}/{name}" for wd, seed in pairs
-            for name in ("model.safetensors", "config.json")]
-
-
-def ident_embedding(model, wd, seed):
-    return f"results/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad"
-
-
-def ident_probe_manifests(wildcards):
-    if SOURCE == "profiles":
-        raise ConfigError("config key source: identifiability trains and embeds an MAE on images; "
-                          "source 'profiles' has none")
-    plates = IDENT["probe_plates"] or PLATES
-    unknown = sorted(set(plates) - set(PLATES))
-    if unknown:
-        raise ConfigError(f"config key identifiability.probe_plates: plates not in {config['plates']}: {unknown}")
-    return expand("results/plates/{plate}/manifest.parquet", plate=plates)
-
-
-def ident_embed_layers():
-    """Blocks every probe embedding holds: all of them unless identifiability.layers names some."""
-    if IDENT["layers"] is None:
-        return "all"
-    return sorted(set(IDENT["layers"]) | ({IDENT["layer"]} if IDENT["layer"] else set()))
+include: "identifiability_common.smk"
 
 
 rule identifiability_train:
