@@ -240,3 +240,20 @@ def test_camae_embeds_the_real_six_channel_phenix_site(tmp_path):
     assert np.allclose(per_channel.mean(0), a.X[0], atol=1e-5)
     # the channels carry different content, so their embeddings differ
     assert np.linalg.matrix_rank(per_channel.astype(np.float64), tol=1e-6) >= 5
+
+
+def test_probe_set_stacks_every_plate_at_every_block(tmp_path, plates, checkpoint):
+    from phenoica.benchmarks.probe import embed_probe_set
+
+    out = tmp_path / "probe.h5ad"
+    embed_probe_set(plates, out_h5ad=out, model=MODEL, checkpoint=checkpoint,
+                    embed={"stride": 16, "num_workers": 0, "batch_size": 8}, channels=CHANNELS)
+    probe = ad.read_h5ad(out)
+    one = _embed(plates[0], tmp_path / "one.h5ad", checkpoint=checkpoint,
+                 embed={**EMBED, "layers": None})
+    assert probe.n_obs == 2 * one.n_obs and not probe.obs_names.has_duplicates
+    depth = TINY.get("depth", 5)
+    assert sorted(probe.obsm) == sorted(f"X_layer{k}" for k in range(1, depth + 1))
+    # the same sites embedded alone give the same numbers
+    np.testing.assert_array_equal(probe[one.obs_names].obsm[f"X_layer{depth}"],
+                                  one.obsm[f"X_layer{depth}"])

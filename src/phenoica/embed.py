@@ -40,8 +40,8 @@ from .io import read_table, sanitize_uns, standardize_obs, write_h5ad
 from .io.images import read_image
 from .logs import get_logger, progress
 from .models.checkpoint import checkpoint_sha256, load_encoder, resolve_spec
-from .models.data import (SiteError, SiteTiles, lower_worker_priority, collate_sites, manifest_path_lists, plate_channel_stats,
-                          read_manifest, tile_positions)
+from .models.data import (SiteError, SiteTiles, collate_sites, lower_worker_priority,
+                          manifest_path_lists, plate_channel_stats, read_manifest, tile_positions)
 from .models.mae import POOLINGS, EncoderBase
 from .models.registry import NORMALIZATIONS, ModelSpec
 from .models.train import resolve_device
@@ -175,6 +175,16 @@ def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike
                 checkpoint: str | os.PathLike | None, embed: dict | None, channels: list[str],
                 device: str = "auto", exclude_flagged: bool = False) -> None:
     """Embed every site of one plate and write a per-site AnnData (see the module docstring)."""
+    adata = embed_sites(manifest_path, model=model, checkpoint=checkpoint, embed=embed,
+                        channels=channels, device=device, exclude_flagged=exclude_flagged)
+    write_h5ad(adata, out_h5ad)
+    log.info("wrote %s (%d sites x %d)", out_h5ad, adata.n_obs, adata.n_vars)
+
+
+def embed_sites(manifest_path: str | os.PathLike, *, model: dict,
+                checkpoint: str | os.PathLike | None, embed: dict | None, channels: list[str],
+                device: str = "auto", exclude_flagged: bool = False) -> ad.AnnData:
+    """The per-site AnnData of one plate's manifest, in memory (what :func:`embed_plate` writes)."""
     channels = list(channels)
     spec, _, _, _ = resolve_spec(model, checkpoint, channels=channels)
     cfg = resolve_embed_config(embed, spec)
@@ -234,8 +244,7 @@ def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike
                seeds={"random_init_seed": 0} if checkpoint is None else {},
                inputs=[manifest_path] + ([checkpoint] if checkpoint is not None else []))
     adata.uns["phenoica"]["embedding"] = sanitize_uns(info)
-    write_h5ad(adata, out_h5ad)
-    log.info("wrote %s (%d sites x %d)", out_h5ad, adata.n_obs, adata.n_vars)
+    return adata
 
 
 def _site_anndata(df: pd.DataFrame, embedder: _Embedder, cfg: dict) -> ad.AnnData:

@@ -7,7 +7,7 @@ Rule-level function::
         per-plate manifests of the probe plates + one checkpoint
         -> results/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad
 
-Each plate is embedded on its own with :func:`phenoica.embed.embed_plate` (so per-plate
+Each plate is embedded on its own with :func:`phenoica.embed.embed_sites` (so per-plate
 normalisation statistics are those of the main pipeline), then the plates are concatenated:
 one row per site (index ``site_id``), ``X`` = the default layer, ``obsm["X_layer<k>"]`` for
 every requested block (``layers="all"``: every block of the checkpoint's encoder).
@@ -16,9 +16,7 @@ every requested block (``layers="all"``: every block of the checkpoint's encoder
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -50,7 +48,7 @@ def embed_probe_set(manifests: Sequence[str | os.PathLike], *, out_h5ad: str | o
                     layers: str | Sequence[int] | None = "all", exclude_flagged: bool = False,
                     device: str = "auto") -> None:
     """Embed the sites of every manifest with ``checkpoint`` at ``layers`` and write one AnnData."""
-    from ..embed import embed_plate
+    from ..embed import embed_sites
     from ..models.checkpoint import checkpoint_sha256, resolve_spec
 
     manifests = [str(m) for m in manifests]
@@ -61,13 +59,8 @@ def embed_probe_set(manifests: Sequence[str | os.PathLike], *, out_h5ad: str | o
     spec = resolve_spec(model, checkpoint, channels=channels)[0]
     cfg: dict[str, Any] = dict(embed or {})
     cfg["layers"] = probe_layers(layers, spec.depth)
-    parts = []
-    with tempfile.TemporaryDirectory(prefix="phenoica-probe-") as tmp:
-        for i, manifest in enumerate(manifests):
-            part = Path(tmp) / f"plate{i}.h5ad"
-            embed_plate(manifest, out_h5ad=part, model=model, checkpoint=checkpoint, embed=cfg,
-                        channels=channels, device=device, exclude_flagged=exclude_flagged)
-            parts.append(ad.read_h5ad(part))
+    parts = [embed_sites(manifest, model=model, checkpoint=checkpoint, embed=cfg, channels=channels,
+                         device=device, exclude_flagged=exclude_flagged) for manifest in manifests]
     embedding = dict(parts[0].uns.get("phenoica", {}).get("embedding", {}))
     adata = ad.concat(parts, join="inner", merge=None, uns_merge=None)
     if adata.obs_names.has_duplicates:
