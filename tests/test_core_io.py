@@ -90,3 +90,15 @@ def test_summary_is_printed_only_when_this_run_wrote_it(tmp_path, capsys):
     assert "phenoica summary: 3 wells" in capsys.readouterr().out
     assert not print_summary_if_updated(summary, since=time.time() + 60)  # an earlier run's
     assert capsys.readouterr().out == ""
+
+
+def test_stale_partials_of_a_name_with_glob_metacharacters(tmp_path):
+    target = tmp_path / "plate[1].h5ad"  # glob metacharacters in the name
+    stale = tmp_path / ".plate[1].h5ad.x1y2.partial"
+    other = tmp_path / ".plate2.h5ad.x1y2.partial"  # another output's temporary: kept
+    stale.write_text("half")
+    other.write_text("half")
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done"
+    assert not stale.exists() and other.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -52,16 +53,12 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
 
 def remove_stale_partials(final: Path) -> None:
     """Delete temporaries of ``final`` left by a killed earlier run (SIGKILL skips cleanup)."""
-    for stale in final.parent.glob(f".{glob_escape(final.name)}.*.partial"):
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 def _fsync_file(path: Path) -> None:
