@@ -99,6 +99,37 @@ def metric_direction(metric: str) -> int:
     return 0
 
 
+def score_grid(scores: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Whole-representation separation scores: one row per method, one column per metric."""
+    table = scores.copy()
+    overall = table[table["component"].astype(str).isin(["all", "", "nan"])].copy()
+    overall["value"] = pd.to_numeric(overall["value"], errors="coerce")
+    grid = overall.pivot_table(index="method", columns="metric", values="value", aggfunc="mean",
+                               sort=False)
+    order = list(methods) if methods is not None else list(dict.fromkeys(overall["method"]))
+    grid = grid.reindex(index=[m for m in order if m in grid.index])
+    grid.columns.name = None
+    grid.index.name = "method"
+    return grid
+
+
+def benchmark_grid(benchmarks: pd.DataFrame, methods: Sequence[str] | None = None,
+                   fold: str = "pooled") -> pd.DataFrame:
+    """Held-out-batch metrics of the whole fold (``fold``: pooled over the held-out batches by
+    default), rows ``(task, metric)`` in table order, one column per method."""
+    table = benchmarks.copy()
+    table["value"] = pd.to_numeric(table["value"], errors="coerce")
+    pert = table["perturbation"].astype(object).where(table["perturbation"].notna(), "").astype(str)
+    keep = (table["fold"].astype(str) == fold) & (pert == "") & (table["task"].astype(str) != "protocol")
+    rows = table[keep].dropna(subset=["value"])
+    grid = rows.pivot_table(index=["task", "metric"], columns="method", values="value",
+                            aggfunc="mean", sort=False)
+    order = list(methods) if methods is not None else list(dict.fromkeys(rows["method"]))
+    grid = grid.reindex(columns=[m for m in order if m in grid.columns])
+    grid.columns.name = None
+    return grid
+
+
 def _format_grid(grid: pd.DataFrame) -> str:
     return grid.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
 
@@ -114,20 +145,14 @@ def summarize(scores: pd.DataFrame, benchmarks: pd.DataFrame, obs: pd.DataFrame,
         f"{obs['batch'].nunique() if 'batch' in obs else '?'} batches, methods: {', '.join(methods)}",
         "",
     ]
-    bench = benchmarks.copy()
-    bench["value"] = pd.to_numeric(bench["value"], errors="coerce")
     # headline rows: pooled over the held-out folds, about the whole fold (not one perturbation)
-    headline = (bench["fold"].astype(str) == "pooled") & (bench["perturbation"].fillna("").astype(str) == "")
-    headline &= bench["task"].astype(str) != "protocol"
-    bench_means = (bench[headline].dropna(subset=["value"]).groupby(["task", "metric", "method"])["value"]
-                   .mean().unstack("method").reindex(columns=list(methods)))
+    bench_means = benchmark_grid(benchmarks, methods).sort_index()
+    bench_means.columns.name = "method"
     if not bench_means.empty:
         lines += ["Held-out-batch benchmarks (pooled over held-out batches):",
                   _format_grid(bench_means), ""]
-    overall = scores[scores["component"].astype(str).isin(["all", "", "nan"])].copy()
-    overall["value"] = pd.to_numeric(overall["value"], errors="coerce")
-    score_means = (overall.dropna(subset=["value"]).groupby(["metric", "method"])["value"].mean()
-                   .unstack("method").reindex(columns=list(methods)))
+    score_means = score_grid(scores, methods).T.sort_index()
+    score_means.index.name, score_means.columns.name = "metric", "method"
     if not score_means.empty:
         lines += ["Separation scores (whole representation):", _format_grid(score_means), ""]
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .collect import BENCHMARK_COLUMNS, SCORE_COLUMNS, concat_tables, metric_direction
+from .collect import (BENCHMARK_COLUMNS, SCORE_COLUMNS, benchmark_grid, concat_tables,
+                      metric_direction, score_grid)
 from .errors import ConfigError, InputError
 from .io import atomic_path, atomic_write_text
 from .logs import get_logger
@@ -81,37 +82,6 @@ def run_method_report(postprocessed_path: str, *, scores_tsv: str, out_umap: str
 
 
 # --- tables -----------------------------------------------------------------------------------
-
-def score_grid(scores: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Whole-representation separation scores: one row per method, one column per metric."""
-    table = scores.copy()
-    overall = table[table["component"].astype(str).isin(["all", "", "nan"])].copy()
-    overall["value"] = pd.to_numeric(overall["value"], errors="coerce")
-    grid = overall.pivot_table(index="method", columns="metric", values="value", aggfunc="mean",
-                               sort=False)
-    order = list(methods) if methods is not None else list(dict.fromkeys(overall["method"]))
-    grid = grid.reindex(index=[m for m in order if m in grid.index])
-    grid.columns.name = None
-    grid.index.name = "method"
-    return grid
-
-
-def benchmark_grid(benchmarks: pd.DataFrame, methods: Sequence[str] | None = None,
-                   fold: str = "pooled") -> pd.DataFrame:
-    """Held-out-batch metrics of the whole fold (``fold``: pooled over the held-out batches by
-    default), rows ``(task, metric)`` in table order, one column per method."""
-    table = benchmarks.copy()
-    table["value"] = pd.to_numeric(table["value"], errors="coerce")
-    pert = table["perturbation"].astype(object).where(table["perturbation"].notna(), "").astype(str)
-    keep = (table["fold"].astype(str) == fold) & (pert == "") & (table["task"].astype(str) != "protocol")
-    rows = table[keep].dropna(subset=["value"])
-    grid = rows.pivot_table(index=["task", "metric"], columns="method", values="value",
-                            aggfunc="mean", sort=False)
-    order = list(methods) if methods is not None else list(dict.fromkeys(rows["method"]))
-    grid = grid.reindex(columns=[m for m in order if m in grid.columns])
-    grid.columns.name = None
-    return grid
-
 
 def _format(value: float, metric: str) -> str:
     if pd.isna(value):
