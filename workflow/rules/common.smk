@@ -68,15 +68,20 @@ def ingest_inputs(wildcards):
     return {"platemap": row["platemap"], "images": plate_image_files(row, CHANNELS)}
 
 
-def train_manifests(wildcards):
-    """Manifests of the training plates (a fixed list, so new plates do not trigger retraining)."""
+def plate_manifests(plates, key):
+    """Manifests of ``plates`` (config key ``key``; empty or null = every plate of the sheet)."""
     from phenoica.errors import ConfigError
 
-    plates = config["train"]["plates"] or PLATES
+    plates = plates or PLATES
     unknown = sorted(set(plates) - set(PLATES))
     if unknown:
-        raise ConfigError(f"config key train.plates: plates not in {config['plates']}: {unknown}")
+        raise ConfigError(f"config key {key}: plates not in {config['plates']}: {unknown}")
     return expand("results/plates/{plate}/manifest.parquet", plate=plates)
+
+
+def train_manifests(wildcards):
+    """Manifests of the training plates (a fixed list, so new plates do not trigger retraining)."""
+    return plate_manifests(config["train"]["plates"], "train.plates")
 
 
 def train_params():

@@ -60,11 +60,7 @@ def ident_probe_manifests(wildcards):
     if SOURCE == "profiles":
         raise ConfigError("config key source: identifiability trains and embeds an MAE on images; "
                           "source 'profiles' has none")
-    plates = IDENT["probe_plates"] or PLATES
-    unknown = sorted(set(plates) - set(PLATES))
-    if unknown:
-        raise ConfigError(f"config key identifiability.probe_plates: plates not in {config['plates']}: {unknown}")
-    return expand("results/plates/{plate}/manifest.parquet", plate=plates)
+    return plate_manifests(IDENT["probe_plates"], "identifiability.probe_plates")
 
 
 def ident_embed_layers():
