@@ -101,8 +101,7 @@ def metric_direction(metric: str) -> int:
 
 def score_grid(scores: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Whole-representation separation scores: one row per method, one column per metric."""
-    table = scores.copy()
-    overall = table[table["component"].astype(str).isin(["all", "", "nan"])].copy()
+    overall = scores[scores["component"].astype(str).isin(["all", "", "nan"])].copy()
     overall["value"] = pd.to_numeric(overall["value"], errors="coerce")
     grid = overall.pivot_table(index="method", columns="metric", values="value", aggfunc="mean",
                                sort=False)
@@ -117,11 +116,11 @@ def benchmark_grid(benchmarks: pd.DataFrame, methods: Sequence[str] | None = Non
                    fold: str = "pooled") -> pd.DataFrame:
     """Held-out-batch metrics of the whole fold (``fold``: pooled over the held-out batches by
     default), rows ``(task, metric)`` in table order, one column per method."""
-    table = benchmarks.copy()
-    table["value"] = pd.to_numeric(table["value"], errors="coerce")
-    pert = table["perturbation"].astype(object).where(table["perturbation"].notna(), "").astype(str)
-    keep = (table["fold"].astype(str) == fold) & (pert == "") & (table["task"].astype(str) != "protocol")
-    rows = table[keep].dropna(subset=["value"])
+    pert = benchmarks["perturbation"].astype(object).fillna("").astype(str)
+    keep = ((benchmarks["fold"].astype(str) == fold) & (pert == "")
+            & (benchmarks["task"].astype(str) != "protocol"))
+    rows = benchmarks[keep].assign(value=lambda t: pd.to_numeric(t["value"], errors="coerce"))
+    rows = rows.dropna(subset=["value"])
     grid = rows.pivot_table(index=["task", "metric"], columns="method", values="value",
                             aggfunc="mean", sort=False)
     order = list(methods) if methods is not None else list(dict.fromkeys(rows["method"]))
