@@ -122,3 +122,16 @@ def test_config_reference_lists_every_key_and_method():
         assert f"`simulate.params.{key}`" in text
     for method in METHOD_NAMES:
         assert f"| `{method}` |" in text
+
+
+def test_schema_defaults_of_a_section_and_of_nested_objects():
+    from phenoica.config import schema_defaults
+
+    bench = schema_defaults("benchmark")
+    assert bench["n_folds"] == 5 and bench["tasks"][0] == "auroc"
+    assert schema_defaults("synthetic")["beta"] == {"beta_vae": 4.0, "beta_tcvae": 6.0}
+    # a fresh copy every call: callers may change it
+    bench["n_folds"] = 99
+    assert schema_defaults("benchmark")["n_folds"] == 5
+    with pytest.raises(ConfigError, match="no section"):
+        schema_defaults("no_such_section")

@@ -80,6 +80,45 @@ def validate_config(config: dict, schema: dict | str | os.PathLike | None = None
     return config
 
 
+def _defaults_of(spec: dict) -> Any:
+    """The default of one schema node: its ``default``, else the defaults of its properties."""
+    if "default" in spec and not ("properties" in spec and spec["default"] == {}):
+        return copy.deepcopy(spec["default"])
+    if "properties" in spec:
+        return {name: _defaults_of(sub) for name, sub in spec["properties"].items()
+                if "default" in sub or "properties" in sub}
+    return None
+
+
+_SCHEMA_CACHE: dict[str, dict] = {}
+
+
+def schema_defaults(section: str | None = None, schema: dict | None = None) -> dict:
+    """Default values of a config section (``"benchmark"``, ``"train"``, ...), or of the whole
+    config, read from the JSON schema: the one place defaults are written.
+
+    Package functions that implement a config section take its keys as explicit keyword
+    arguments without defaults; callers outside Snakemake (notebooks, tests) fill them with
+    ``func(..., **{**schema_defaults("benchmark"), **overrides})``.
+    """
+    if schema is None:
+        key = str(SCHEMA_DIR / "config.schema.yaml")
+        if key not in _SCHEMA_CACHE:
+            _SCHEMA_CACHE[key] = load_schema(key)
+        schema = _SCHEMA_CACHE[key]
+    node = schema
+    if section is not None:
+        for part in section.split("."):
+            try:
+                node = node["properties"][part]
+            except KeyError:
+                raise ConfigError(f"config schema has no section {section!r}") from None
+    out = _defaults_of(node)
+    if not isinstance(out, dict):
+        raise ConfigError(f"config schema section {section!r} has no keyed defaults")
+    return out
+
+
 def load_config(path: str | os.PathLike, schema: dict | str | os.PathLike | None = None) -> dict:
     """Read a YAML config file and validate it (for use outside Snakemake)."""
     try:
