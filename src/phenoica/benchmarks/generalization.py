@@ -21,7 +21,7 @@ Tasks (``task`` column of the output)
   ``auroc_l2`` (L2 logistic regression: rotation invariant, so identical for PCA, PCA+ICA and
   PCA+Rand), ``auroc_l1`` (L1-sparse logistic regression) and ``auroc_topk`` (L2 logistic
   regression on the ``top_k`` coordinates with the largest training effect size). Only the last two
-  can show what a particular rotation (ICA) buys (``../shared/paper-notes.md``). Before the
+  can show what a particular rotation (ICA) buys (``docs/science.md``). Before the
   logistic probes each coordinate is standardised with the training wells' mean and standard
   deviation (``probe_scaling``): raw features (``base``) can differ in scale by orders of magnitude,
   while a representation whitened on the same training wells is left unchanged, so the tie holds.

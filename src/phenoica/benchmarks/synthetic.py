@@ -51,7 +51,7 @@ METRICS: tuple[str, ...] = ("InfoM", "InfoE", "InfoC", "MCC", "DCI_D", "DCI_C", 
 TABLE_COLUMNS: tuple[str, ...] = ("dataset", "model", "seed", "metric", "value")
 
 #: The paper's Table 2 (InfoM, InfoE, InfoC; mean over Shapes3D, MPI3D, Falcor3D, Isaac3D), for
-#: side-by-side reporting only (../shared/paper-notes.md).
+#: side-by-side reporting only (docs/science.md).
 PAPER_INFOMEC: dict[str, dict[str, float]] = {
     "ae": {"InfoM": 0.39, "InfoE": 0.76, "InfoC": 0.25},
     "beta_vae": {"InfoM": 0.59, "InfoE": 0.81, "InfoC": 0.55},

@@ -1,6 +1,6 @@
 """PCA whitening fitted on a fitting set and re-applied to any wells.
 
-Whitening follows ``../shared/paper-notes.md``: centre (optionally standardise each feature),
+Whitening follows ``docs/science.md``: centre (optionally standardise each feature),
 eigendecompose the covariance, keep ``k`` components (all whose eigenvalue exceeds ``rel_tol``
 times the largest when ``k`` is not given) and scale them to unit variance.
 """
