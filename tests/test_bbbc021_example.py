@@ -1,8 +1,7 @@
 """config/examples/bbbc021.yaml: the whole downstream workflow (profiles -> post-processing ->
-scores -> leave-one-week-out benchmarks -> report) on the real BBBC021 table in ../shared/data.
-
-The project is copied to a temporary folder beside a link named ``shared`` to the real
-``../shared``, so the example's relative data path resolves there as it does in the checkout.
+scores -> leave-one-week-out benchmarks -> report) on the real BBBC021 table, which the repository
+holds in config/examples/data/bbbc021 (the example names it relative to the project root, so the
+copy of ``config/`` in a temporary project carries it along).
 """
 
 from __future__ import annotations
@@ -13,27 +12,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
+from helpers_data import BBBC021
 from helpers_workflow import PROJECT_ITEMS, REPO, Project
 
 EXAMPLE = "config/examples/bbbc021.yaml"
-SHARED = (REPO / ".." / "shared").resolve()
-DATA = SHARED / "data" / "bbbc021" / "bbbc021_well_profiles_rep12.csv.gz"
 METHODS = ["base", "pca", "pca_ica", "pca_rand", "pca_centerscale", "tvn", "tvn_ica", "combat",
            "harmony", "ica_clean"]
 ROTATIONS = ("pca", "pca_ica", "pca_rand")
 
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason="BBBC021 table not in ../shared/data")
-
-
 def example_project(tmp_path: Path, overrides: dict | None = None) -> tuple[Project, list[str]]:
-    """A copy of the workflow at ``tmp_path/project`` with ``tmp_path/shared`` -> ../shared; the
-    snakemake arguments that select the example (and ``overrides``, a second config file)."""
+    """A copy of the workflow at ``tmp_path/project`` (its ``config/`` holds the example's data);
+    the snakemake arguments that select the example (and ``overrides``, a second config file)."""
     root = tmp_path / "project"
     root.mkdir(parents=True)
     for item in PROJECT_ITEMS:
         shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
     files = [EXAMPLE]
     if overrides:
         (root / "config" / "test_overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -44,8 +37,8 @@ def example_project(tmp_path: Path, overrides: dict | None = None) -> tuple[Proj
 def test_example_reads_only_the_bbbc021_table():
     config = yaml.safe_load((REPO / EXAMPLE).read_text())
     assert config["source"] == "profiles"
-    assert config["profiles"]["path"] == "../shared/data/bbbc021/bbbc021_well_profiles_rep12.csv.gz"
-    assert (REPO / config["profiles"]["path"]).resolve() == DATA
+    assert config["profiles"]["path"] == BBBC021
+    assert (REPO / config["profiles"]["path"]).is_file()
     assert list(config["postprocess"]["methods"]) == METHODS
     for name, params in config["postprocess"]["methods"].items():
         if name not in ("base", "combat"):

@@ -10,17 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_data import OPENPHENOM_SHAPES, REPO
 from safetensors.torch import save_file
 
 from phenoica.errors import ConfigError, InputError
-from phenoica.models import (checkpoint_sha256, create_model, load_encoder, load_model, read_state_dict,
-                             save_checkpoint)
+from phenoica.models import (
+    checkpoint_sha256,
+    create_model,
+    load_encoder,
+    load_model,
+    read_state_dict,
+    save_checkpoint,
+)
 from phenoica.models.checkpoint import file_kind
 from phenoica.provenance import file_sha256
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-SHAPES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "openphenom" / "state_dict_shapes.json"
+SHAPES = REPO / OPENPHENOM_SHAPES
 
 
 @pytest.fixture(autouse=True)

@@ -3,14 +3,13 @@ workers, errors, and a CA-MAE embedding the real 6-channel Phenix site."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from helpers_data import PHENIX, REPO
 from helpers_models import write_plate, write_truth
 from phenoica.embed import collect_wells, embed_plate
 from phenoica.errors import ConfigError, InputError
@@ -22,7 +21,6 @@ from phenoica.provenance import file_sha256
 CHANNELS = ["DNA", "ER", "RNA"]
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-PHENIX = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images" / "cellpainting_phenix_BR00143976"
 
 
 @pytest.fixture(autouse=True)
@@ -220,7 +218,7 @@ def test_collect_wells_refuses_mixed_models_and_missing_truth(tmp_path, plates):
 
 
 def test_camae_embeds_the_real_six_channel_phenix_site(tmp_path):
-    files = sorted(PHENIX.glob("r03c03f03p01-ch*sk1fk1fl1.tiff"))
+    files = sorted((REPO / PHENIX).glob("r03c03f03p01-ch*sk1fk1fl1.tiff"))
     assert len(files) == 6
     channels = ["brightfield", "ER", "AGP", "Mito", "DNA", "RNA"]
     record = {"site_id": "BR00143976:C03:3", "plate": "BR00143976", "batch": "pediatric", "well": "C03",
@@ -233,7 +231,8 @@ def test_camae_embeds_the_real_six_channel_phenix_site(tmp_path):
                 embed={"stride": 256, "layers": [2, 5], "num_workers": 1}, channels=channels)
     a = ad.read_h5ad(out)
     info = a.uns["phenoica"]["embedding"]
-    assert info["tiles_per_site"] == 25 and list(info["channels"]) == channels  # 1080 px: 0..768 + 1016
+    # 540 px, 256-px crops at stride 256: crops at 0 and 256, then one flush with the edge at 284
+    assert info["tiles_per_site"] == 9 and list(info["channels"]) == channels
     assert a.X.shape == (1, 192) and a.obsm["X_layer5_channels"].shape == (1, 6 * 192)
     assert np.isfinite(a.X).all() and np.isfinite(a.obsm["X_layer2_channels"]).all()
     per_channel = a.obsm["X_layer5_channels"].reshape(6, 192)

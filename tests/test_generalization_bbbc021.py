@@ -1,26 +1,24 @@
 """Generalization benchmarks on real data: BBBC021 (MOA as biology label, weeks as batches).
 
-The reference figures come from ``../shared/paper-notes.md`` (treatment profiles = median per
+The reference figures come from ``docs/science.md`` (treatment profiles = median per
 compound and dose; 1-NN by cosine; transforms fitted on all wells for NSC/NSCB; LOWO = 5-NN on
 treated wells with weeks held out; 50 components).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_data import BBBC021, REPO
 from threadpoolctl import threadpool_limits
 
 from phenoica.benchmarks import generalization as gen
 from phenoica.io import standardize_obs
 from phenoica.postprocess import make_method
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bbbc021" / "bbbc021_well_profiles_rep12.csv.gz"
 PCA50 = {"n_components": 50, "standardize": True}
 PARAMS = {"labels": {"biology": "moa", "dose": "dose"}, "auroc_by": "moa", "retrieval_permutations": 500}
 # (NSC, NSCB) of the reference table; tolerance covers per-coordinate medians (which break the
@@ -29,9 +27,6 @@ REFERENCE = {"pca": (0.777, 0.563), "pca_ica": (0.777, 0.563), "pca_rand": (0.77
              "centerscale": (0.845, 0.573), "harmony": (0.359, 0.272)}
 REFERENCE_LOWO_PCA = 0.516
 TOL = 0.035
-
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason="BBBC021 table not in ../shared/data")
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -43,7 +38,7 @@ def one_thread():
 
 
 def load_bbbc021() -> ad.AnnData:
-    df = pd.read_csv(DATA)
+    df = pd.read_csv(REPO / BBBC021)
     meta = [c for c in df.columns if c.startswith("Metadata_")]
     obs = pd.DataFrame({
         "plate": df["Metadata_Plate"].astype(str), "well": df["Metadata_Well"].astype(str),

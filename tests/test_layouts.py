@@ -1,4 +1,4 @@
-"""Layouts: file naming -> (well, site, channel, path) on the shared real images and small
+"""Layouts: file naming -> (well, site, channel, path) on the real images in tests/data and small
 synthetic TIFF/PNG plates written in tmp_path. No pixels are read by the layouts."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from helpers_data import FLY, PHENIX, REPO
 
 from phenoica.errors import ConfigError, InputError
 from phenoica.ingest import plate_image_files
@@ -22,9 +23,6 @@ from phenoica.io.layouts import (
     sites_table,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-PHENIX = "../shared/data/images/cellpainting_phenix_BR00143976"
-FLY = "../shared/data/images/examplefly"
 PHENIX_CHANNELS = [{"name": n, "token": t} for n, t in
                    [("ER", "2"), ("AGP", "3"), ("Mito", "4"), ("DNA", "5"), ("RNA", "6")]]
 FLY_CHANNELS = [{"name": "DNA", "token": "D"}, {"name": "green", "token": "F"},

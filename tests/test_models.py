@@ -6,9 +6,16 @@ import math
 
 import pytest
 import torch
+from helpers_data import OPENPHENOM_SHAPES, REPO
 
 from phenoica.errors import ConfigError
-from phenoica.models import ChannelAgnosticEncoder, ViTEncoder, create_model, get_spec, list_models
+from phenoica.models import (
+    ChannelAgnosticEncoder,
+    ViTEncoder,
+    create_model,
+    get_spec,
+    list_models,
+)
 from phenoica.models.layers import random_masking, self_standardize, sincos_pos_embed
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
@@ -176,10 +183,8 @@ def test_openphenom_architecture_state_dict_layout():
     """The OpenPhenom-style model's encoder has exactly the checkpoint's encoder keys (minus the
     fixed pos_embed and the unused fc_norm)."""
     import json
-    from pathlib import Path
 
-    shapes = json.loads((Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "openphenom"
-                         / "state_dict_shapes.json").read_text())["keys"]
+    shapes = json.loads((REPO / OPENPHENOM_SHAPES).read_text())["keys"]
     prefix = "encoder.vit_backbone."
     wanted = {k[len(prefix):]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
     wanted.pop("pos_embed")

@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_data import BBBC021, REPO
 
 from phenoica.errors import ConfigError, InputError
 from phenoica.metrics.separation import group_share
@@ -18,7 +19,6 @@ from phenoica.postprocess import (
     run_postprocess,
 )
 
-BBBC021 = "../shared/data/bbbc021/bbbc021_well_profiles_rep12.csv.gz"
 FAST_ICA = {"n_restarts": 1, "max_iter": 300}
 
 
@@ -290,7 +290,7 @@ def test_run_postprocess_input_errors_name_the_file(wells, tmp_path):
 def test_bbbc021_profiles_integration():
     """Real CellProfiler profiles (423 wells x 515 features, 10 weeks): control-based methods
     remove most of the week effect on DMSO wells that standardised PCA keeps."""
-    table = pd.read_csv(BBBC021)
+    table = pd.read_csv(REPO / BBBC021)
     feats = [c for c in table.columns if not c.startswith("Metadata_")]
     obs = pd.DataFrame({
         "batch": table["Metadata_Batch"].astype(str),

@@ -8,12 +8,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_data import BBBC021, REPO
 
 from phenoica.errors import InputError
 from phenoica.profiles import collect_profiles, load_profiles
 
-REPO = Path(__file__).resolve().parents[1]
-BBBC021 = "../shared/data/bbbc021/bbbc021_well_profiles_rep12.csv.gz"
 BBBC021_KW = dict(batch_col="Metadata_Batch", perturbation_col="Metadata_Compound",
                   control_value="DMSO", label_cols=["Metadata_MOA"])
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers_data import FLY, PHENIX, REPO
 
 from phenoica.errors import ConfigError, InputError
 from phenoica.sheet import (
@@ -20,9 +21,6 @@ from phenoica.sheet import (
     read_platemap,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-PHENIX = "../shared/data/images/cellpainting_phenix_BR00143976"
-FLY = "../shared/data/images/examplefly"
 FLY_PATTERN = r"(?=(?P<row>01))(?P<col>01)_POS(?P<site>\d+)_(?P<channel>[DFR])\.TIF"
 CHANNELS = [{"name": "DNA", "token": "5"}, {"name": "RNA", "token": "6"}]
 
