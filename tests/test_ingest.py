@@ -17,13 +17,7 @@ from helpers_data import FLY, PHENIX, REPO
 from scipy import ndimage
 
 from phenoica.errors import ConfigError, InputError
-from phenoica.ingest import (
-    QC_DEFAULTS,
-    focus_score,
-    image_stats,
-    ingest_plate,
-    resolve_qc,
-)
+from phenoica.ingest import QC_DEFAULTS, focus_score, image_stats, ingest_plate, resolve_qc
 from phenoica.io import images as images_module
 from phenoica.io.images import read_image
 from phenoica.sheet import read_plate_sheet

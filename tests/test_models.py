@@ -9,13 +9,7 @@ import torch
 from helpers_data import OPENPHENOM_SHAPES, REPO
 
 from phenoica.errors import ConfigError
-from phenoica.models import (
-    ChannelAgnosticEncoder,
-    ViTEncoder,
-    create_model,
-    get_spec,
-    list_models,
-)
+from phenoica.models import ChannelAgnosticEncoder, ViTEncoder, create_model, get_spec, list_models
 from phenoica.models.layers import random_masking, self_standardize, sincos_pos_embed
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
