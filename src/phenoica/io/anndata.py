@@ -1,4 +1,4 @@
-"""AnnData conventions of the data contract (../DESIGN.md) and atomic .h5ad writing."""
+"""AnnData conventions of the data contract (docs/design.md) and atomic .h5ad writing."""
 
 from __future__ import annotations
 
