@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers_workflow import PROJECT_ITEMS, REPO, Project
+from helpers_workflow import REPO, Project, copy_workflow
 
 EXAMPLE = "config/examples/bbbc021.yaml"
 SHARED = (REPO / ".." / "shared").resolve()
@@ -31,8 +31,7 @@ def example_project(tmp_path: Path, overrides: dict | None = None) -> tuple[Proj
     snakemake arguments that select the example (and ``overrides``, a second config file)."""
     root = tmp_path / "project"
     root.mkdir(parents=True)
-    for item in PROJECT_ITEMS:
-        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow(root)
     (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
     files = [EXAMPLE]
     if overrides:
