@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PHENOICA = str(Path(sys.executable).with_name("phenoica"))
 # What a project needs to run the workflow; results/, logs/ and .snakemake/ are never copied.
-PROJECT_ITEMS = ("workflow", "config", "envs")
+PROJECT_ITEMS = ("Snakefile", "profiles", "workflow", "config", "envs")
 
 # The demo made small: 2 plates in 2 batches, 12 wells, 1 site, 64 px (the demo MAE's crop), one
 # training epoch, two post-processing methods. Keys follow config/config.yaml.
@@ -160,9 +160,8 @@ class Project:
         return self.root / "results"
 
 
-def make_project(dest: Path, *, plates: Iterable[str] = TINY_PLATES,
-                 overrides: Mapping | None = None) -> Project:
-    """Copy the workflow into ``dest`` with the tiny demo config and a sheet of ``plates``."""
+def copy_workflow(dest: Path) -> None:
+    """Copy what a project needs to run the workflow (PROJECT_ITEMS) into ``dest``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for item in PROJECT_ITEMS:
@@ -171,6 +170,13 @@ def make_project(dest: Path, *, plates: Iterable[str] = TINY_PLATES,
             shutil.copytree(source, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, dest / item)
+
+
+def make_project(dest: Path, *, plates: Iterable[str] = TINY_PLATES,
+                 overrides: Mapping | None = None) -> Project:
+    """Copy the workflow into ``dest`` with the tiny demo config and a sheet of ``plates``."""
+    dest = Path(dest)
+    copy_workflow(dest)
     project = Project(dest)
     project.update_config(deep_update(TINY_OVERRIDES, overrides or {}))
     sheet = project.sheet()

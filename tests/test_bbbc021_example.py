@@ -6,14 +6,13 @@ copy of ``config/`` in a temporary project carries it along).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from helpers_data import BBBC021
-from helpers_workflow import PROJECT_ITEMS, REPO, Project
+from helpers_workflow import REPO, Project, copy_workflow
 
 EXAMPLE = "config/examples/bbbc021.yaml"
 METHODS = ["base", "pca", "pca_ica", "pca_rand", "pca_centerscale", "tvn", "tvn_ica", "combat",
@@ -25,8 +24,7 @@ def example_project(tmp_path: Path, overrides: dict | None = None) -> tuple[Proj
     the snakemake arguments that select the example (and ``overrides``, a second config file)."""
     root = tmp_path / "project"
     root.mkdir(parents=True)
-    for item in PROJECT_ITEMS:
-        shutil.copytree(REPO / item, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow(root)
     files = [EXAMPLE]
     if overrides:
         (root / "config" / "test_overrides.yaml").write_text(yaml.safe_dump(overrides))

@@ -14,7 +14,7 @@ from phenoica import cli
 from phenoica.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PROFILE = REPO / "workflow" / "profiles" / "default" / "config.yaml"
+WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.yaml"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
@@ -167,20 +167,14 @@ def test_snakemake_finds_installed_profile_as_typed(tmp_path):
 
 
 def test_snakemake_reads_the_workflow_profile(tmp_path):
-    """Snakemake reads `profiles/default` beside the Snakefile: the repository's Snakefile must
-    sit where that finds workflow/profiles/default (i.e. at workflow/Snakefile)."""
-    candidates = [p for p in (REPO / "workflow" / "Snakefile", REPO / "Snakefile") if p.exists()]
-    assert candidates, "no Snakefile in the repository"
-    snakefile = candidates[0].relative_to(REPO)
+    """The repository's layout (a top-level Snakefile with profiles/default beside it) is one
+    where Snakemake finds the workflow profile by itself, from the project root as typed."""
+    assert (REPO / "Snakefile").is_file() and WORKFLOW_PROFILE.is_file()
     project = tmp_path / "project"
-    (project / snakefile).parent.mkdir(parents=True, exist_ok=True)
-    (project / snakefile).write_text('rule all:\n    shell: "true"\n')
-    profile_dir = project / "workflow" / "profiles" / "default"
-    profile_dir.mkdir(parents=True)
-    (profile_dir / "config.yaml").write_text(WORKFLOW_PROFILE.read_text())
+    (project / "profiles" / "default").mkdir(parents=True)
+    (project / "Snakefile").write_text('rule all:\n    shell: "true"\n')
+    (project / "profiles" / "default" / "config.yaml").write_text(WORKFLOW_PROFILE.read_text())
     run = subprocess.run([SNAKEMAKE, "-n"], cwd=project, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "workflow specific profile workflow/profiles/default" in run.stderr, (
-        f"Snakemake did not read workflow/profiles/default with the Snakefile at {snakefile}"
-    )
+    assert "workflow specific profile profiles/default" in run.stderr, run.stderr

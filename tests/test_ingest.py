@@ -391,7 +391,7 @@ def test_snakemake_ingest_on_a_mixed_sheet(tmp_path):
     raw = sorted((REPO / PHENIX).iterdir())
     before = sha256_tree(raw)
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(tmp_path),
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
          "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "ingest"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

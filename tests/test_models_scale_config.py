@@ -37,7 +37,7 @@ def test_rxrx3_scale_config_is_valid_and_resolves():
 def test_dag_of_2000_plates_builds(tmp_path):
     sheet = make_plate_sheet(tmp_path / "screen", n_plates=2000)
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--snakefile", str(ROOT / "Snakefile"),
          "--directory", str(tmp_path / "run"), "--configfile", str(CONFIG), "--config", f"plates={sheet}"],
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]

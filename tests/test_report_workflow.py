@@ -18,8 +18,8 @@ def test_report_captions_exist():
     assert len(captions) >= 8
     for name in captions:
         assert (REPO / "workflow" / "report" / name).is_file(), name
-    snakefile = (REPO / "workflow" / "Snakefile").read_text()
-    assert 'report: "report/workflow.rst"' in snakefile
+    snakefile = (REPO / "Snakefile").read_text()
+    assert 'report: "workflow/report/workflow.rst"' in snakefile
     assert (REPO / "workflow" / "report" / "workflow.rst").is_file()
 
 

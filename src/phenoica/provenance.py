@@ -56,7 +56,3 @@ def add_record(uns: dict, stage: str, **kwargs) -> dict:
     stages = block.setdefault("stages", {})
     stages[stage] = record(stage, **kwargs)
     return stages[stage]
-
-
-def path_for_uns(path: str | os.PathLike) -> str:
-    return str(Path(path))

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from phenoica.config import validate_config
 
-validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+validate_config(config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml")
 
 SOURCE = config["source"]
 SEED = config["seed"]

@@ -17,13 +17,6 @@ def write_tsv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``df`` as Parquet (index dropped), atomically."""
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-    return Path(path)
-
-
 def read_table(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
     """Read CSV, TSV (optionally .gz) or Parquet by extension."""
     p = Path(path)

@@ -12,13 +12,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-report: "report/workflow.rst"
+report: "workflow/report/workflow.rst"
 
 
 WORKFLOW_STARTED = time.time()
 
 
-include: "rules/common.smk"
+include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
@@ -27,16 +27,16 @@ wildcard_constraints:
     method="[A-Za-z0-9][A-Za-z0-9_]*",
     seed="[0-9]+",
 
-include: "rules/simulate.smk"
-include: "rules/ingest.smk"
-include: "rules/model.smk"
-include: "rules/embed.smk"
-include: "rules/postprocess.smk"
-include: "rules/score.smk"
-include: "rules/benchmark.smk"
-include: "rules/report.smk"
-include: "rules/identifiability.smk"
-include: "rules/synthetic.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/postprocess.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/identifiability.smk"
+include: "workflow/rules/synthetic.smk"
 
 
 rule all:
