@@ -24,7 +24,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     plate=IDENTIFIER,
     model=IDENTIFIER,
-    method="[A-Za-z0-9][A-Za-z0-9_]*",
+    method=METHOD_NAME,
     seed="[0-9]+",
 
 include: "workflow/rules/simulate.smk"

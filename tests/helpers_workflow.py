@@ -302,3 +302,34 @@ def slurm_job_records(run_id: str, accounting: bool) -> list[dict]:
                           "--format=%i|%T|%P|%m|%b|%k")
         fields = ("id", "state", "partition", "mem", "tres", "comment")
     return [dict(zip(fields, line.split("|"))) for line in text.splitlines() if line.strip()]
+
+
+# --- what a Snakemake start imports ------------------------------------------------------------
+# Runs Snakemake's entry point in a fresh interpreter that writes the names of every module it
+# has loaded to PHENOICA_MODULES_OUT when it exits (test_startup.py, benchmarks/bench_startup.py).
+_MODULES_PROBE = """
+import atexit, os, sys
+
+def _dump():
+    with open(os.environ["PHENOICA_MODULES_OUT"], "w") as handle:
+        handle.write("\\n".join(sorted(sys.modules)))
+
+atexit.register(_dump)
+from snakemake.cli import main
+
+sys.argv[0] = "snakemake"
+sys.exit(main())
+"""
+
+
+def snakemake_modules(project: Project, *args: str, timeout: float = 600) -> set[str]:
+    """Modules loaded by ``snakemake <args>`` run in ``project`` (a fresh process)."""
+    out = project.root / ".modules.txt"
+    out.unlink(missing_ok=True)
+    run = subprocess.run([sys.executable, "-c", _MODULES_PROBE, *args], cwd=project.root,
+                         env=project.env({"PHENOICA_MODULES_OUT": str(out)}),
+                         capture_output=True, text=True, timeout=timeout)
+    if run.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({run.returncode}):\n"
+                             f"{run.stdout[-4000:]}\n{run.stderr[-8000:]}")
+    return set(out.read_text().split())

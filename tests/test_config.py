@@ -135,3 +135,26 @@ def test_schema_defaults_of_a_section_and_of_nested_objects():
     assert schema_defaults("benchmark")["n_folds"] == 5
     with pytest.raises(ConfigError, match="no section"):
         schema_defaults("no_such_section")
+
+
+def test_the_identifier_patterns_are_written_once():
+    """phenoica.identifiers defines them; the schemas get them through $defs, the Snakefile
+    through common.smk."""
+    from phenoica.config import SCHEMA_DIR, load_schema
+    from phenoica.identifiers import IDENTIFIER_PATTERN, METHOD_NAME_PATTERN
+    from phenoica.sheet import load_plate_schema
+
+    for pattern in (IDENTIFIER_PATTERN, METHOD_NAME_PATTERN):
+        written = sorted(str(path.relative_to(ROOT)) for folder in ("src", "workflow")
+                         for path in (ROOT / folder).rglob("*") if path.is_file()
+                         and path.suffix in {".py", ".smk", ".yaml", ""} and pattern in path.read_text())
+        assert written == ["src/phenoica/identifiers.py"], pattern
+    for schema in (load_schema(SCHEMA_DIR / "config.schema.yaml"), load_plate_schema()):
+        assert schema["$defs"]["identifier"]["pattern"] == f"^{IDENTIFIER_PATTERN}$"
+    with pytest.raises(ConfigError, match="model.id"):
+        validate_config({"model": {"id": "demo/mae"}}, SCHEMA)
+    with pytest.raises(ConfigError, match="channels.0.name"):
+        validate_config({"channels": [{"name": "DNA ", "token": "1"}]}, SCHEMA)
+    with pytest.raises(ConfigError, match="postprocess.methods"):
+        validate_config({"postprocess": {"methods": {"pca.2": {"method": "pca"}}}}, SCHEMA)
+    validate_config({"model": {"id": "mae-v1.2_b"}}, SCHEMA)

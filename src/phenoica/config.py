@@ -16,6 +16,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from .errors import ConfigError
+from .identifiers import IDENTIFIER_PATTERN, METHOD_NAME_PATTERN
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 
@@ -37,17 +38,37 @@ def _with_defaults(validator_class):
 _DefaultValidator = _with_defaults(Draft202012Validator)
 
 
+#: Patterns the schemas share through ``$defs`` (``$ref: "#/$defs/identifier"``): written once,
+#: in :mod:`phenoica.identifiers`, and filled into every schema :func:`load_schema` reads.
+SHARED_PATTERNS = {"identifier": IDENTIFIER_PATTERN, "method_name": METHOD_NAME_PATTERN}
+_SCHEMA_CACHE: dict[str, dict] = {}
+
+
 def load_schema(path: str | os.PathLike) -> dict:
+    """A JSON schema (YAML file) with the shared patterns of ``$defs`` filled in."""
     with open(path) as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    for name, spec in (schema.get("$defs") or {}).items():
+        if name in SHARED_PATTERNS:
+            spec["pattern"] = f"^{SHARED_PATTERNS[name]}$"
+    return schema
 
 
-def key_path(error: jsonschema.ValidationError) -> str:
+def _config_schema() -> dict:
+    key = str(SCHEMA_DIR / "config.schema.yaml")
+    if key not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE[key] = load_schema(key)
+    return _SCHEMA_CACHE[key]
+
+
+def key_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
     parts = [str(p) for p in error.absolute_path]
+    if prefix:
+        parts = [prefix, *parts]
     return ".".join(parts) if parts else "(top level)"
 
 
-def describe_error(error: jsonschema.ValidationError, what: str = "config") -> str:
+def describe_error(error: jsonschema.ValidationError, what: str = "config", prefix: str = "") -> str:
     """One line a user can act on: where, what is wrong, and what is allowed."""
     allowed = ""
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -59,7 +80,7 @@ def describe_error(error: jsonschema.ValidationError, what: str = "config") -> s
         allowed = f"; expected type: {schema.get('type')}"
     description = schema.get("description")
     hint = f" ({description})" if description and error.validator != "additionalProperties" else ""
-    return f"{what} key {key_path(error)}: {error.message}{allowed}{hint}"
+    return f"{what} key {key_path(error, prefix)}: {error.message}{allowed}{hint}"
 
 
 def validate_config(config: dict, schema: dict | str | os.PathLike | None = None,
@@ -69,7 +90,7 @@ def validate_config(config: dict, schema: dict | str | os.PathLike | None = None
     Raises ConfigError listing every violation with its key path and the allowed values.
     """
     if schema is None:
-        schema = SCHEMA_DIR / "config.schema.yaml"
+        schema = _config_schema()
     if not isinstance(schema, dict):
         schema = load_schema(schema)
     # fill defaults first (the default-filling validator stops at the first error otherwise)
@@ -78,6 +99,35 @@ def validate_config(config: dict, schema: dict | str | os.PathLike | None = None
         lines = [describe_error(e, what) for e in errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     return config
+
+
+def schema_node(key: str, schema: dict | None = None) -> dict:
+    """The schema of a config section or key, by dotted name (``"train"``, ``"synthetic.models"``)."""
+    node = _config_schema() if schema is None else schema
+    for part in key.split("."):
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise ConfigError(f"config schema has no section {key!r}") from None
+    return node
+
+
+def check_section(values: dict, section: str, *, key: str | None = None,
+                  schema: dict | None = None) -> None:
+    """Check ``values`` against the schema of config section ``section`` without changing them.
+
+    For settings that take the shape of a section elsewhere, e.g. the identifiability training
+    (``identifiability.train`` merged over ``train``) is checked against the ``train`` section.
+    Raises ConfigError naming ``key`` (default: ``section``) and every violation below it.
+    """
+    node = schema_node(section, schema)
+    full = _config_schema() if schema is None else schema
+    if "$defs" in full:  # the section may refer to the shared definitions
+        node = {**node, "$defs": full["$defs"]}
+    errors = sorted(Draft202012Validator(node).iter_errors(values), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [describe_error(e, prefix=key or section) for e in errors]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
 def _defaults_of(spec: dict) -> Any:
@@ -90,8 +140,6 @@ def _defaults_of(spec: dict) -> Any:
     return None
 
 
-_SCHEMA_CACHE: dict[str, dict] = {}
-
 
 def schema_defaults(section: str | None = None, schema: dict | None = None) -> dict:
     """Default values of a config section (``"benchmark"``, ``"train"``, ...), or of the whole
@@ -101,18 +149,7 @@ def schema_defaults(section: str | None = None, schema: dict | None = None) -> d
     arguments without defaults; callers outside Snakemake (notebooks, tests) fill them with
     ``func(..., **{**schema_defaults("benchmark"), **overrides})``.
     """
-    if schema is None:
-        key = str(SCHEMA_DIR / "config.schema.yaml")
-        if key not in _SCHEMA_CACHE:
-            _SCHEMA_CACHE[key] = load_schema(key)
-        schema = _SCHEMA_CACHE[key]
-    node = schema
-    if section is not None:
-        for part in section.split("."):
-            try:
-                node = node["properties"][part]
-            except KeyError:
-                raise ConfigError(f"config schema has no section {section!r}") from None
+    node = schema_node(section, schema) if section is not None else (schema or _config_schema())
     out = _defaults_of(node)
     if not isinstance(out, dict):
         raise ConfigError(f"config schema section {section!r} has no keyed defaults")
@@ -203,12 +240,27 @@ def _methods_reference() -> list[str]:
     return lines
 
 
+def _inline_refs(node: Any, defs: dict) -> Any:
+    """``node`` with every ``$ref: "#/$defs/<name>"`` replaced by that definition (the node's own
+    keys, e.g. its description, win)."""
+    if isinstance(node, list):
+        return [_inline_refs(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _inline_refs(value, defs) for key, value in node.items() if key != "$ref"}
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        out = {**_inline_refs(defs[ref.removeprefix("#/$defs/")], defs), **out}
+    return out
+
+
 def config_reference(schema: dict | None = None) -> str:
     """Markdown documenting every config key: type and allowed values, default, meaning."""
     from .simulate.params import DEFAULT_PARAMS, PARAM_DOCS
 
     if schema is None:
         schema = load_schema(SCHEMA_DIR / "config.schema.yaml")
+    schema = _inline_refs(schema, schema.get("$defs", {}))
     lines = [REFERENCE_HEADER]
     top = [(n, s) for n, s in schema["properties"].items() if "properties" not in s]
     lines += ["## Top-level keys", "", "| key | type | default | meaning |", "|---|---|---|---|"]

@@ -6,7 +6,14 @@ import re
 
 from .errors import InputError
 
-IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Identifiers that become file and folder names (plate, batch, model id, channel name): the one
+#: definition. The JSON schemas refer to it as ``$ref: "#/$defs/identifier"`` (their ``$defs``
+#: are filled from here by :func:`phenoica.config.load_schema`) and the Snakefile's wildcard
+#: constraints use it (``IDENTIFIER`` in workflow/rules/common.smk).
+IDENTIFIER_PATTERN = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+#: Post-processing output names (``obsm["X_<name>"]``, a path component): no dots or dashes.
+METHOD_NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9_]*"
+IDENTIFIER_RE = re.compile(f"^{IDENTIFIER_PATTERN}$")
 _WELL_RE = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*([0-9]{1,3})\s*$")
 
 

@@ -43,13 +43,12 @@ _FALSE = {"false", "f", "no", "n", "0", "0.0"}
 @functools.lru_cache(maxsize=4)
 def load_plate_schema(schema_path: str | None = None) -> dict:
     """The plate-sheet JSON schema (YAML file); by default ``workflow/schemas/plates.schema.yaml``."""
-    import yaml
+    from .config import load_schema
 
     path = Path(schema_path) if schema_path else PLATES_SCHEMA_PATH
     if not path.is_file():
         raise ConfigError(f"{path}: plate-sheet schema not found (pass schema_path=...)")
-    with open(path) as handle:
-        return yaml.safe_load(handle)
+    return load_schema(path)
 
 
 def read_plate_sheet(path: str | os.PathLike, *, channels: Sequence[Mapping],

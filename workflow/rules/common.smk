@@ -1,9 +1,12 @@
 # Shared settings and input functions. Functions only; rules live in the other files.
-from pathlib import Path
-
+# Imports here run on every Snakemake start (each dry run, each cluster job): only light modules
+# (no torch, anndata, scipy; tests/test_startup.py checks it).
 from phenoica.config import validate_config
+from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
+from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
 
-validate_config(config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml")
+# the schema next to these rules, wherever the Snakefile that includes them lives
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 SOURCE = config["source"]
 SEED = config["seed"]
@@ -12,7 +15,6 @@ CHANNELS = config["channels"]
 CHANNEL_NAMES = [channel["name"] for channel in CHANNELS]
 MODEL = config["model"]["id"]
 METHODS = list(config["postprocess"]["methods"])
-IDENTIFIER = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 def _load_sheet():

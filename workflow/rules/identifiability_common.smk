@@ -1,14 +1,15 @@
 # Settings and input functions of the identifiability rules (identifiability.smk); functions
-# only, so that the rule file holds rules only.
-from phenoica.benchmarks.identifiability import DEFAULT_PARAMS as IDENT_DEFAULTS
-from phenoica.benchmarks.identifiability import identifiability_params
+# only, so that the rule file holds rules only. The config schema has checked every setting;
+# only light modules are imported here (see common.smk).
+from phenoica.config import check_section, schema_node
 from phenoica.errors import ConfigError
-from phenoica.models.train import resolve_train_config
 
 IDENT = config["identifiability"]
-# the analysis parameters (phenoica.benchmarks.identifiability.DEFAULT_PARAMS), checked now
-IDENT_PARAMS = {key: IDENT[key] for key in IDENT_DEFAULTS}
-identifiability_params(IDENT_PARAMS)
+# keys the workflow reads itself; the others are the analysis parameters of the rule functions
+# (in the schema's order, so that the rules' params do not depend on the order of the config)
+IDENT_WORKFLOW_KEYS = ("seeds", "weight_decays", "sweep_seeds", "train", "probe_plates")
+IDENT_PARAMS = {key: IDENT[key] for key in schema_node("identifiability")["properties"]
+                if key not in IDENT_WORKFLOW_KEYS}
 
 
 def wd_label(weight_decay):
@@ -24,7 +25,8 @@ def _ident_train():
                               "training plates are train.plates, the seeds identifiability.seeds and "
                               "the weight decays identifiability.weight_decays)")
     merged = {**train_params(), **overrides}
-    resolve_train_config(merged)  # unknown keys or bad values stop the dry run
+    # unknown keys or bad values stop the dry run
+    check_section(overrides, "train", key="identifiability.train")
     return merged
 
 

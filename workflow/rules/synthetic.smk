@@ -4,12 +4,14 @@
 # AE+ICA scores the AE's codes after whitening + ICA fitted on its training codes, so it adds no
 # training job. Each rule gets only the parameters it reads, so changing a scoring parameter
 # rescores without retraining.
-from phenoica.benchmarks.synthetic import MODELS as SYN_MODELS
-from phenoica.benchmarks.synthetic import TRAINED_MODELS as SYN_TRAINABLE
-from phenoica.benchmarks.synthetic import base_model, synthetic_params
-from phenoica.simulate.factors import DATASETS as SYN_DATASETS
+# Only light modules are imported here (see common.smk); the schema has checked the section.
+from phenoica.benchmarks.synthetic_grid import MODELS as SYN_MODELS
+from phenoica.benchmarks.synthetic_grid import TRAINED_MODELS as SYN_TRAINABLE
+from phenoica.benchmarks.synthetic_grid import base_model
+from phenoica.config import schema_node
 
-SYN = synthetic_params(config["synthetic"])  # checked now: a bad key stops the dry run
+SYN = config["synthetic"]
+SYN_DATASETS = schema_node("synthetic.datasets")["items"]["enum"]
 SYN_DATA = {key: SYN[key] for key in ("data_seed", "n_train", "n_eval", "image_size", "n_values")}
 SYN_TRAIN = {**SYN_DATA, **{key: SYN[key] for key in ("latent_dim", "width", "hidden", "steps",
                                                       "batch_size", "lr", "weight_decay", "beta")}}

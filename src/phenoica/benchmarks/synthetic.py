@@ -42,11 +42,10 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_h5ad, write_tsv
 from ..logs import get_logger
 from ..provenance import add_record
+from .synthetic_grid import MODELS, TRAINED_MODELS, base_model  # noqa: F401 (public names)
 
 log = get_logger(__name__)
 
-MODELS: tuple[str, ...] = ("ae", "ae_ica", "beta_vae", "beta_tcvae")
-TRAINED_MODELS: tuple[str, ...] = ("ae", "beta_vae", "beta_tcvae")
 METRICS: tuple[str, ...] = ("InfoM", "InfoE", "InfoC", "MCC", "DCI_D", "DCI_C", "DCI_I")
 TABLE_COLUMNS: tuple[str, ...] = ("dataset", "model", "seed", "metric", "value")
 
@@ -131,13 +130,6 @@ def synthetic_params(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not (float(out["lr"]) > 0 and float(out["weight_decay"]) >= 0):
         raise ConfigError("synthetic.lr must be > 0 and synthetic.weight_decay >= 0")
     return out
-
-
-def base_model(model: str) -> str:
-    """The trained model whose codes a benchmark model scores (``ae_ica`` -> ``ae``)."""
-    if model not in MODELS:
-        raise ConfigError(f"synthetic.models: unknown model {model!r}; known: {MODELS}")
-    return "ae" if model == "ae_ica" else model
 
 
 # --------------------------------------------------------------------------------------------
