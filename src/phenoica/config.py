@@ -7,7 +7,9 @@ The schema lives in ``workflow/schemas/config.schema.yaml``; the Snakefile calls
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,19 +143,45 @@ def _defaults_of(spec: dict) -> Any:
 
 
 
+#: Schema annotation of a key the Snakefile reads itself (to choose a rule's inputs, an output
+#: path, ...) rather than hand to the function implementing its section, e.g. ``train.plates``.
+WORKFLOW_ONLY = "x-workflow-only"
+
+
+def workflow_keys(section: str, schema: dict | None = None) -> list[str]:
+    """Keys of ``section`` marked ``x-workflow-only: true`` in the schema."""
+    return [name for name, spec in schema_node(section, schema).get("properties", {}).items()
+            if spec.get(WORKFLOW_ONLY)]
+
+
+def section_arguments(section: str, values: Mapping[str, Any], schema: dict | None = None) -> dict:
+    """``values`` of config section ``section`` (e.g. ``config["train"]``) without its
+    workflow-only keys: the keyword arguments of the function that implements the section."""
+    skip = set(workflow_keys(section, schema))
+    return {key: value for key, value in values.items() if key not in skip}
+
+
 def schema_defaults(section: str | None = None, schema: dict | None = None) -> dict:
     """Default values of a config section (``"benchmark"``, ``"train"``, ...), or of the whole
     config, read from the JSON schema: the one place defaults are written.
 
-    Package functions that implement a config section take its keys as explicit keyword
+    Package functions that implement a config section take its keys as explicit keyword-only
     arguments without defaults; callers outside Snakemake (notebooks, tests) fill them with
-    ``func(..., **{**schema_defaults("benchmark"), **overrides})``.
+    ``func(..., **{**schema_defaults("train"), **overrides})``. The defaults of a section leave
+    out its workflow-only keys (:data:`WORKFLOW_ONLY`), which are no arguments of that function.
     """
     node = schema_node(section, schema) if section is not None else (schema or _config_schema())
     out = _defaults_of(node)
     if not isinstance(out, dict):
         raise ConfigError(f"config schema section {section!r} has no keyed defaults")
-    return out
+    return section_arguments(section, out, schema) if section is not None else out
+
+
+def section_values(func: Callable[..., Any], values: Mapping[str, Any]) -> dict:
+    """The keyword-only arguments of ``func`` (the keys of the config section it implements)
+    with their values from ``values``: inside ``func``, ``section_values(func, locals())``."""
+    return {name: values[name] for name, param in inspect.signature(func).parameters.items()
+            if param.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def load_config(path: str | os.PathLike, schema: dict | str | os.PathLike | None = None) -> dict:

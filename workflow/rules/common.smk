@@ -1,7 +1,7 @@
 # Shared settings and input functions. Functions only; rules live in the other files.
 # Imports here run on every Snakemake start (each dry run, each cluster job): only light modules
 # (no torch, anndata, scipy; tests/test_startup.py checks it).
-from phenoica.config import validate_config
+from phenoica.config import section_arguments, validate_config
 from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
 from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
 
@@ -88,7 +88,7 @@ def train_manifests(wildcards):
 
 def train_params():
     """The train section as train_model takes it (without the workflow-only plate list)."""
-    train = {key: value for key, value in config["train"].items() if key != "plates"}
+    train = section_arguments("train", config["train"])
     train["exclude_flagged"] = train["exclude_flagged"] or config["qc"]["exclude_flagged"]
     return train
 
