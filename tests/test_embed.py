@@ -11,6 +11,7 @@ import torch
 
 from helpers_data import PHENIX, REPO
 from helpers_models import write_plate, write_truth
+from phenoica.config import schema_defaults
 from phenoica.embed import collect_wells, embed_plate
 from phenoica.errors import ConfigError, InputError
 from phenoica.models import create_model, load_encoder, save_checkpoint
@@ -48,13 +49,14 @@ def checkpoint(tmp_path_factory):
 
 
 MODEL = {"name": "mae_vit_demo", "overrides": TINY}
-EMBED = {"layers": [1, 3], "stride": 16, "num_workers": 0, "batch_size": 8}
+DEFAULTS = schema_defaults("embed")
+EMBED = {**DEFAULTS, "layers": [1, 3], "stride": 16, "num_workers": 0, "batch_size": 8}
 
 
-def _embed(manifest, out, **kw):
-    args = dict(model=MODEL, checkpoint=None, embed=EMBED, channels=CHANNELS)
+def _embed(manifest, out, embed=EMBED, **kw):
+    args = dict(model=MODEL, checkpoint=None, channels=CHANNELS, exclude_flagged=False)
     args.update(kw)
-    embed_plate(manifest, out_h5ad=out, **args)
+    embed_plate(manifest, out_h5ad=out, **args, **embed)
     return ad.read_h5ad(out)
 
 
@@ -150,8 +152,6 @@ def test_exclude_flagged_and_input_errors(tmp_path, plates):
         _embed(tmp_path / "no_er.parquet", tmp_path / "x.h5ad")
     with pytest.raises(InputError, match="smaller than the crop size 64"):
         _embed(plates[0], tmp_path / "x.h5ad", embed={**EMBED, "crop_size": 64})
-    with pytest.raises(ConfigError, match="unknown key.*stridee"):
-        _embed(plates[0], tmp_path / "x.h5ad", embed={"stridee": 3})
     with pytest.raises(ConfigError, match="per-channel|channel-agnostic"):
         _embed(plates[0], tmp_path / "x.h5ad", embed={**EMBED, "pooling": "channels"})
     assert not (tmp_path / "x.h5ad").exists() and not list(tmp_path.glob(".*partial"))
@@ -210,11 +210,11 @@ def test_collect_wells_refuses_mixed_models_and_missing_truth(tmp_path, plates):
     _embed(plates[0], a)
     _embed(plates[1], b, embed={**EMBED, "normalization": "image"})
     with pytest.raises(InputError, match="other model or settings"):
-        collect_wells([a, b], out_h5ad=str(tmp_path / "w.h5ad"))
+        collect_wells([a, b], out_h5ad=str(tmp_path / "w.h5ad"), aggregate="mean")
     truth = str(write_truth(plates[0], tmp_path / "t.tsv"))
     _embed(plates[1], b)
     with pytest.raises(InputError, match="have no ground truth"):
-        collect_wells([a, b], out_h5ad=str(tmp_path / "w.h5ad"), truth_paths=[truth])
+        collect_wells([a, b], out_h5ad=str(tmp_path / "w.h5ad"), truth_paths=[truth], aggregate="mean")
 
 
 def test_camae_embeds_the_real_six_channel_phenix_site(tmp_path):
@@ -227,8 +227,8 @@ def test_camae_embeds_the_real_six_channel_phenix_site(tmp_path):
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame([record]).to_parquet(manifest, index=False)
     out = tmp_path / "phenix.h5ad"
-    embed_plate(manifest, out_h5ad=out, model={"name": "camae_vit_demo"}, checkpoint=None,
-                embed={"stride": 256, "layers": [2, 5], "num_workers": 1}, channels=channels)
+    embed_plate(manifest, out_h5ad=out, model={"name": "camae_vit_demo"}, checkpoint=None, channels=channels,
+                exclude_flagged=False, **{**DEFAULTS, "stride": 256, "layers": [2, 5], "num_workers": 1})
     a = ad.read_h5ad(out)
     info = a.uns["phenoica"]["embedding"]
     # 540 px, 256-px crops at stride 256: crops at 0 and 256, then one flush with the edge at 284
@@ -246,7 +246,7 @@ def test_probe_set_stacks_every_plate_at_every_block(tmp_path, plates, checkpoin
 
     out = tmp_path / "probe.h5ad"
     embed_probe_set(plates, out_h5ad=out, model=MODEL, checkpoint=checkpoint,
-                    embed={"stride": 16, "num_workers": 0, "batch_size": 8}, channels=CHANNELS)
+                    embed={**DEFAULTS, "stride": 16, "num_workers": 0, "batch_size": 8}, channels=CHANNELS)
     probe = ad.read_h5ad(out)
     one = _embed(plates[0], tmp_path / "one.h5ad", checkpoint=checkpoint,
                  embed={**EMBED, "layers": None})

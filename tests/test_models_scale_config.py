@@ -14,7 +14,6 @@ from helpers_models import make_plate_sheet
 from phenoica.config import load_config
 from phenoica.embed import resolve_embed_config
 from phenoica.models import get_spec
-from phenoica.models.train import resolve_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "examples" / "rxrx3_scale.yaml"
@@ -26,7 +25,7 @@ def test_rxrx3_scale_config_is_valid_and_resolves():
     assert len(channels) == 6
     spec = get_spec(config["model"]["name"], **config["model"]["overrides"])
     assert (spec.family, spec.patch_size, spec.embed_dim, spec.img_size) == ("camae", 16, 384, 256)
-    train = resolve_train_config(config["train"])
+    train = config["train"]
     assert train["precision"] == "bf16" and train["nproc"] == "auto"
     embed = resolve_embed_config(config["embed"], spec)
     assert embed["crop_size"] == 256 and embed["layers"] == [6, 9, 12] and embed["per_channel"]

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from .config import section_values
 from .errors import ConfigError, InputError
 from .io import read_table, sanitize_uns, standardize_obs, write_h5ad
 from .io.images import read_image
@@ -42,46 +43,23 @@ from .logs import get_logger, progress
 from .models.checkpoint import checkpoint_sha256, load_encoder, resolve_spec
 from .models.data import (SiteError, SiteTiles, collate_sites, lower_worker_priority,
                           manifest_path_lists, plate_channel_stats, read_manifest, tile_positions)
-from .models.mae import POOLINGS, EncoderBase
-from .models.registry import NORMALIZATIONS, ModelSpec
+from .models.mae import EncoderBase
+from .models.registry import ModelSpec
 from .models.train import resolve_device
 from .provenance import add_record
 
 log = get_logger(__name__)
 
-EMBED_DEFAULTS: dict = {
-    "crop_size": None,          # null = the model's crop size
-    "stride": None,             # null = crop_size (non-overlapping crops)
-    "layers": None,             # blocks to embed (1-based); null = [default_layer]
-    "default_layer": None,      # the layer written to X; null = the model's (its last block)
-    "pooling": None,            # mean | cls | channels; null = the model's (mean)
-    "per_channel": None,        # also store per-channel pooling; null = yes for CA-MAEs
-    "normalization": None,      # image | plate | none; null = the model's
-    "plate_stats_sites": 64,    # sites sampled for plate statistics
-    "tile_aggregate": "mean",   # crops -> site: mean | median
-    "batch_size": 64,           # crops per forward pass
-    "num_workers": 1,           # DataLoader worker processes (TIFF decoding + tiling)
-    "precision": "auto",        # auto (bf16 autocast on GPU) | bf16 | fp32
-    "aggregate": "mean",        # sites -> wells (used by collect_wells)
-}
-AGGREGATES = ("mean", "median")
-
-
-def resolve_embed_config(embed: dict | None, spec: ModelSpec) -> dict:
-    """EMBED_DEFAULTS updated with ``embed`` and the model's defaults (``spec``); checked."""
-    embed = dict(embed or {})
-    unknown = sorted(set(embed) - set(EMBED_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"embed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(EMBED_DEFAULTS)}")
-    cfg = {**EMBED_DEFAULTS, **embed}
+def resolve_embed_config(embed: dict, spec: ModelSpec) -> dict:
+    """The ``embed`` section (every key; checked by the schema) with each null resolved to the
+    model's setting (``spec``), and the settings that depend on the model checked."""
+    cfg = dict(embed)
     channel_agnostic = spec.family == "camae"
     cfg["crop_size"] = int(cfg["crop_size"] or spec.img_size)
     cfg["stride"] = int(cfg["stride"] or cfg["crop_size"])
     if cfg["crop_size"] % spec.patch_size:
         raise ConfigError(f"embed.crop_size {cfg['crop_size']} is not a multiple of the model's patch "
                           f"size {spec.patch_size}")
-    if cfg["stride"] < 1:
-        raise ConfigError("embed.stride must be >= 1")
     cfg["default_layer"] = int(cfg["default_layer"] or spec.layer)
     layers = cfg["layers"] if cfg["layers"] is not None else [cfg["default_layer"]]
     if isinstance(layers, int):
@@ -91,8 +69,6 @@ def resolve_embed_config(embed: dict | None, spec: ModelSpec) -> dict:
     if bad:
         raise ConfigError(f"embed.layers: {bad} outside 1..{spec.depth} (blocks of {spec.name!r})")
     cfg["pooling"] = cfg["pooling"] or spec.pooling
-    if cfg["pooling"] not in POOLINGS:
-        raise ConfigError(f"embed.pooling must be one of {', '.join(POOLINGS)}")
     if cfg["pooling"] == "channels" and not channel_agnostic:
         raise ConfigError(f"embed.pooling 'channels' needs a channel-agnostic model; {spec.name!r} is not")
     if cfg["per_channel"] is None:
@@ -100,18 +76,6 @@ def resolve_embed_config(embed: dict | None, spec: ModelSpec) -> dict:
     if cfg["per_channel"] and not channel_agnostic:
         raise ConfigError(f"embed.per_channel needs a channel-agnostic model; {spec.name!r} is not")
     cfg["normalization"] = cfg["normalization"] or spec.normalization
-    if cfg["normalization"] not in NORMALIZATIONS:
-        raise ConfigError(f"embed.normalization must be one of {', '.join(NORMALIZATIONS)}")
-    for key in ("tile_aggregate", "aggregate"):
-        if cfg[key] not in AGGREGATES:
-            raise ConfigError(f"embed.{key} must be one of {', '.join(AGGREGATES)}")
-    for key in ("batch_size", "plate_stats_sites"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"embed.{key} must be a positive integer")
-    if not isinstance(cfg["num_workers"], int) or cfg["num_workers"] < 0:
-        raise ConfigError("embed.num_workers must be an integer >= 0")
-    if cfg["precision"] not in ("auto", "bf16", "fp32"):
-        raise ConfigError("embed.precision must be auto, bf16 or fp32")
     return cfg
 
 
@@ -171,20 +135,36 @@ class _Embedder:
                     store[site] = _aggregate(values[rows[site]], how).numpy()
 
 
-def embed_plate(manifest_path: str | os.PathLike, *, out_h5ad: str | os.PathLike, model: dict,
-                checkpoint: str | os.PathLike | None, embed: dict | None, channels: list[str],
-                device: str = "auto", exclude_flagged: bool = False) -> None:
-    """Embed every site of one plate and write a per-site AnnData (see the module docstring)."""
-    adata = embed_sites(manifest_path, model=model, checkpoint=checkpoint, embed=embed,
-                        channels=channels, device=device, exclude_flagged=exclude_flagged)
+def embed_plate(manifest_path: str | os.PathLike, out_h5ad: str | os.PathLike, model: dict,
+                checkpoint: str | os.PathLike | None, channels: list[str], exclude_flagged: bool,
+                device: str = "auto", *, crop_size: int | None, stride: int | None,
+                layers: list[int] | int | None, default_layer: int | None, pooling: str | None,
+                per_channel: bool | None, normalization: str | None, plate_stats_sites: int,
+                tile_aggregate: str, batch_size: int, num_workers: int, precision: str,
+                aggregate: str) -> None:
+    """Embed every site of one plate and write a per-site AnnData (see the module docstring).
+
+    The keyword-only arguments are the ``embed`` config section (config/README.md; outside the
+    workflow pass ``**{**phenoica.config.schema_defaults("embed"), **overrides}``); a null
+    takes the model's setting. ``aggregate`` (sites -> wells) is used by :func:`collect_wells`
+    and recorded here with the other settings. ``exclude_flagged``: drop sites with
+    ``qc_pass`` false (``qc.exclude_flagged``).
+    """
+    embed = section_values(embed_plate, locals())
+    adata = embed_sites(manifest_path, model, checkpoint, channels, exclude_flagged, device, **embed)
     write_h5ad(adata, out_h5ad)
     log.info("wrote %s (%d sites x %d)", out_h5ad, adata.n_obs, adata.n_vars)
 
 
-def embed_sites(manifest_path: str | os.PathLike, *, model: dict,
-                checkpoint: str | os.PathLike | None, embed: dict | None, channels: list[str],
-                device: str = "auto", exclude_flagged: bool = False) -> ad.AnnData:
-    """The per-site AnnData of one plate's manifest, in memory (what :func:`embed_plate` writes)."""
+def embed_sites(manifest_path: str | os.PathLike, model: dict, checkpoint: str | os.PathLike | None,
+                channels: list[str], exclude_flagged: bool, device: str = "auto", *,
+                crop_size: int | None, stride: int | None, layers: list[int] | int | None,
+                default_layer: int | None, pooling: str | None, per_channel: bool | None,
+                normalization: str | None, plate_stats_sites: int, tile_aggregate: str, batch_size: int,
+                num_workers: int, precision: str, aggregate: str) -> ad.AnnData:
+    """The per-site AnnData of one plate's manifest, in memory (what :func:`embed_plate` writes;
+    same arguments)."""
+    embed = section_values(embed_sites, locals())
     channels = list(channels)
     spec, _, _, _ = resolve_spec(model, checkpoint, channels=channels)
     cfg = resolve_embed_config(embed, spec)
@@ -302,8 +282,8 @@ def _truth_table(truth_paths: Sequence[str | os.PathLike], site_ids: pd.Index) -
     return truth.loc[site_ids]
 
 
-def collect_wells(site_paths: list[str], *, out_h5ad: str | os.PathLike, aggregate: str = "mean",
-                  truth_paths: list[str] | None = None) -> None:
+def collect_wells(site_paths: list[str], out_h5ad: str | os.PathLike, truth_paths: list[str] | None = None, *,
+                  aggregate: str) -> None:
     """All plates' site embeddings -> one well-level AnnData (index ``plate:well``).
 
     ``X`` and every ``obsm`` layer are aggregated per well (``aggregate``: mean or median); obs
@@ -312,8 +292,6 @@ def collect_wells(site_paths: list[str], *, out_h5ad: str | os.PathLike, aggrega
     ground truth is aggregated the same way into ``obsm["truth_biology"]`` and
     ``obsm["truth_batch"]`` (DataFrames, column prefixes removed).
     """
-    if aggregate not in AGGREGATES:
-        raise ConfigError(f"embed.aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     if not site_paths:
         raise InputError(None, "collect_wells needs at least one per-site embedding file")
     adatas = []

@@ -29,6 +29,7 @@ import pandas as pd
 import tifffile
 import torch
 
+from phenoica.config import schema_defaults
 from phenoica.embed import embed_plate
 from phenoica.models import create_model, load_encoder, save_checkpoint
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> float:
     tiles_per_site = (args.size // crop) ** 2
     n_crops = args.sites * tiles_per_site
     batch = torch.randn(args.batch_size, len(CHANNELS), crop, crop)
-    embed_cfg = {"batch_size": args.batch_size, "num_workers": args.workers}
+    embed_cfg = {**schema_defaults("embed"), "batch_size": args.batch_size, "num_workers": args.workers}
 
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         root = Path(tmp)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> float:
             forward_rates.append(bare_forward(encoder, batch, n_crops))
             start = time.perf_counter()
             embed_plate(manifest, out_h5ad=root / f"out{r}.h5ad", model=model, checkpoint=str(checkpoint),
-                        embed=embed_cfg, channels=CHANNELS, device="cpu")
+                        channels=CHANNELS, exclude_flagged=False, device="cpu", **embed_cfg)
             seconds = time.perf_counter() - start
             embed_rates.append(n_crops / seconds)
 

@@ -30,6 +30,7 @@ import pandas as pd
 import tifffile
 import torch
 
+from phenoica.config import schema_defaults
 from phenoica.embed import embed_plate
 from phenoica.models import create_model, load_encoder, save_checkpoint
 
@@ -84,7 +85,7 @@ def check_model(name: str, root: Path, manifest: Path, n_crops: int, args) -> di
     encoder = load_encoder(model_cfg, checkpoint, channels=CHANNELS).cuda()
     batch = torch.randn(args.batch_size, len(CHANNELS), 256, 256, device="cuda") * 500 + 1000
     steps = max(2, n_crops // args.batch_size)
-    embed_cfg = {"crop_size": 256, "stride": 256, "batch_size": args.batch_size,
+    embed_cfg = {**schema_defaults("embed"), "crop_size": 256, "stride": 256, "batch_size": args.batch_size,
                  "num_workers": args.workers, "precision": "bf16"}
     forward, embed = [], []
     torch.cuda.reset_peak_memory_stats()
@@ -93,7 +94,7 @@ def check_model(name: str, root: Path, manifest: Path, n_crops: int, args) -> di
         torch.cuda.synchronize()
         start = time.perf_counter()
         embed_plate(manifest, out_h5ad=root / f"{name}_{r}.h5ad", model=model_cfg, checkpoint=str(checkpoint),
-                    embed=embed_cfg, channels=CHANNELS, device="cuda")
+                    channels=CHANNELS, exclude_flagged=False, device="cuda", **embed_cfg)
         torch.cuda.synchronize()
         embed.append(n_crops / (time.perf_counter() - start))
     return {"model": name, "forward": statistics.median(forward), "embed": statistics.median(embed),

@@ -44,10 +44,13 @@ def probe_layers(layers: str | Sequence[int] | None, depth: int) -> list[int]:
 
 
 def embed_probe_set(manifests: Sequence[str | os.PathLike], *, out_h5ad: str | os.PathLike, model: dict,
-                    checkpoint: str | os.PathLike, embed: dict | None, channels: Sequence[str],
+                    checkpoint: str | os.PathLike, embed: dict, channels: Sequence[str],
                     layers: str | Sequence[int] | None = "all", exclude_flagged: bool = False,
                     device: str = "auto") -> None:
-    """Embed the sites of every manifest with ``checkpoint`` at ``layers`` and write one AnnData."""
+    """Embed the sites of every manifest with ``checkpoint`` at ``layers`` and write one AnnData.
+
+    ``embed``: the ``embed`` config section, every key (``phenoica.config.schema_defaults("embed")``
+    outside the workflow); its ``layers`` are replaced by ``layers``."""
     from ..embed import embed_sites
     from ..models.checkpoint import checkpoint_sha256, resolve_spec
 
@@ -57,10 +60,10 @@ def embed_probe_set(manifests: Sequence[str | os.PathLike], *, out_h5ad: str | o
                                             "in the plate sheet")
     channels = list(channels)
     spec = resolve_spec(model, checkpoint, channels=channels)[0]
-    cfg: dict[str, Any] = dict(embed or {})
+    cfg: dict[str, Any] = dict(embed)
     cfg["layers"] = probe_layers(layers, spec.depth)
-    parts = [embed_sites(manifest, model=model, checkpoint=checkpoint, embed=cfg, channels=channels,
-                         device=device, exclude_flagged=exclude_flagged) for manifest in manifests]
+    parts = [embed_sites(manifest, model, checkpoint, channels, exclude_flagged, device, **cfg)
+             for manifest in manifests]
     embedding = dict(parts[0].uns.get("phenoica", {}).get("embedding", {}))
     adata = ad.concat(parts, join="inner", merge=None, uns_merge=None)
     if adata.obs_names.has_duplicates:

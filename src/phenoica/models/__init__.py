@@ -12,10 +12,9 @@ from .checkpoint import (
 )
 from .mae import ChannelAgnosticEncoder, EncoderBase, MaskedAutoencoder, ViTEncoder
 from .registry import ModelSpec, create_model, get_spec, list_models, register_model
-from .train import TRAIN_DEFAULTS, train_model
+from .train import train_model
 
 __all__ = [
-    "TRAIN_DEFAULTS",
     "ChannelAgnosticEncoder",
     "EncoderBase",
     "MaskedAutoencoder",

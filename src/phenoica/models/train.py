@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from ..config import section_values
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, write_tsv
 from ..logs import get_logger, progress
@@ -37,62 +38,13 @@ from ..provenance import file_sha256
 from .checkpoint import save_checkpoint
 from .data import SiteCrops, collate_crops, manifest_path_lists, plate_channel_stats, read_manifest
 from .mae import MaskedAutoencoder
-from .registry import NORMALIZATIONS, ModelSpec, create_model, get_spec
+from .registry import ModelSpec, create_model, get_spec
 
 log = get_logger(__name__)
 
 STATE_NAME = ".train_state.pt"
 ARGS_NAME = ".train_args.json"
 LOG_NAME = "train_log.tsv"
-
-# Defaults give the 2-core demo (mae_vit_demo, 512 simulated sites) a clearly learning run
-# in about 2-3 minutes; cluster configs set their own values (config/examples/rxrx3_scale.yaml).
-TRAIN_DEFAULTS: dict = {
-    "epochs": 8,
-    "batch_size": 64,            # crops per optimiser step and process
-    "lr": 1.5e-3,                # peak learning rate (AdamW)
-    "min_lr": 1.0e-5,            # end of the cosine decay
-    "warmup_epochs": 1,
-    "weight_decay": 0.05,        # the isometry knob of the paper (decoupled, AdamW)
-    "betas": [0.9, 0.95],
-    "grad_clip": 1.0,            # max gradient norm; null = off
-    "mask_ratio": None,          # null = the model's (0.75)
-    "norm_pix_loss": None,       # null = the model's
-    "crop_size": None,           # null = the model's crop size
-    "crops_per_site": 4,         # random crops drawn from each site per epoch
-    "sites_per_epoch": None,     # null = every site every epoch; else a random subset per epoch
-    "normalization": None,       # image | plate | none; null = the model's
-    "plate_stats_sites": 64,     # sites sampled per plate for plate statistics
-    "num_workers": 0,            # DataLoader worker processes reading TIFFs
-    "cache_images": "auto",      # keep decoded sites in memory (auto: when they fit cache_max_mb)
-    "cache_max_mb": 2048,
-    "exclude_flagged": False,    # drop sites with qc_pass false
-    "precision": "auto",         # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
-    "checkpoint_every": 1,       # epochs between resume states
-    "nproc": "auto",             # processes for data parallel; auto = visible GPUs (1 on CPU)
-    "seed": 0,                   # workflow: the seed in the output path; the seed argument wins
-    "plates": None,              # workflow: the plates whose manifests the rule passes in
-}
-
-
-def resolve_train_config(train: dict | None) -> dict:
-    """``TRAIN_DEFAULTS`` updated with ``train``; unknown keys are a ConfigError."""
-    train = dict(train or {})
-    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"train: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TRAIN_DEFAULTS)}")
-    cfg = {**TRAIN_DEFAULTS, **train}
-    for key in ("epochs", "batch_size", "crops_per_site", "checkpoint_every", "plate_stats_sites"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise ConfigError(f"train.{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg["normalization"] is not None and cfg["normalization"] not in NORMALIZATIONS:
-        raise ConfigError(f"train.normalization must be one of {', '.join(NORMALIZATIONS)} or null")
-    if cfg["precision"] not in ("auto", "bf16", "fp32"):
-        raise ConfigError("train.precision must be auto, bf16 or fp32")
-    if cfg["lr"] <= 0 or cfg["weight_decay"] < 0 or cfg["warmup_epochs"] < 0:
-        raise ConfigError("train: lr must be > 0, weight_decay and warmup_epochs >= 0")
-    return cfg
-
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr``."""
@@ -158,13 +110,11 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _resolve_nproc(nproc, device: str) -> int:
-    if nproc in (None, "auto"):
+def _resolve_nproc(nproc: int | str, device: str) -> int:
+    if nproc == "auto":
         wants_gpu = device == "auto" or str(device).startswith("cuda")
         return max(1, torch.cuda.device_count()) if wants_gpu and torch.cuda.is_available() else 1
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise ConfigError(f"train.nproc must be 'auto' or a positive integer, got {nproc!r}")
-    return nproc
+    return int(nproc)
 
 
 def _all_gather_digests(digest: str, world: int) -> list[str]:
@@ -236,7 +186,7 @@ def _epoch_batches(n_sites: int, epoch: int, seed: int, rank: int, world: int,
 def _fingerprint(manifest_paths: Sequence[str], model: dict, cfg: dict, channels: list[str], seed: int,
                  world: int) -> str:
     relevant = {k: v for k, v in cfg.items() if k not in {"num_workers", "nproc", "checkpoint_every",
-                                                          "cache_images", "cache_max_mb", "seed", "plates"}}
+                                                          "cache_images", "cache_max_mb", "seed"}}
     payload = {
         "manifests": [[str(p), file_sha256(p)] for p in manifest_paths],
         "model": {"name": model.get("name"), "overrides": model.get("overrides") or {}},
@@ -296,13 +246,20 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.opti
     return loss_sum, n_batches, n_crops
 
 
-def run_training(manifest_paths: Sequence[str], *, out_dir: str | os.PathLike, model: dict, train: dict,
-                 channels: list[str], seed: int = 0, device: str = "auto") -> MaskedAutoencoder:
-    """Train on this process (one rank when launched by torchrun) and return the model.
+def run_training(manifest_paths: Sequence[str], out_dir: str | os.PathLike, model: dict, channels: list[str],
+                 device: str = "auto", *, seed: int, epochs: int, batch_size: int, lr: float, min_lr: float,
+                 warmup_epochs: float, weight_decay: float, betas: Sequence[float], grad_clip: float,
+                 mask_ratio: float | None, norm_pix_loss: bool | None, crop_size: int | None,
+                 crops_per_site: int, sites_per_epoch: int | None, normalization: str | None,
+                 plate_stats_sites: int, num_workers: int, cache_images: str | bool, cache_max_mb: int,
+                 exclude_flagged: bool, precision: str, checkpoint_every: int,
+                 nproc: int | str) -> MaskedAutoencoder:
+    """Train on this process (one rank when launched by torchrun) and return the model; the
+    keyword arguments are those of :func:`train_model`.
 
     Rank 0 writes ``model.safetensors``, ``config.json`` and ``train_log.tsv`` to ``out_dir``.
     """
-    cfg = resolve_train_config(train)
+    cfg = section_values(run_training, locals())
     channels = list(channels)
     out = Path(out_dir)
     rank, world, local_rank = _dist_env()
@@ -455,25 +412,31 @@ def _gather_generator_states(generator: torch.Generator, world: int) -> list[tor
 
 # --- entry points ---------------------------------------------------------------------------------
 
-def train_model(manifest_paths: list[str], *, out_dir: str, model: dict, train: dict, channels: list[str],
-                seed: int = 0, device: str = "auto", nproc: int | str | None = None) -> None:
+def train_model(manifest_paths: Sequence[str], out_dir: str | os.PathLike, model: dict, channels: list[str],
+                device: str = "auto", *, seed: int, epochs: int, batch_size: int, lr: float, min_lr: float,
+                warmup_epochs: float, weight_decay: float, betas: Sequence[float], grad_clip: float,
+                mask_ratio: float | None, norm_pix_loss: bool | None, crop_size: int | None,
+                crops_per_site: int, sites_per_epoch: int | None, normalization: str | None,
+                plate_stats_sites: int, num_workers: int, cache_images: str | bool, cache_max_mb: int,
+                exclude_flagged: bool, precision: str, checkpoint_every: int, nproc: int | str) -> None:
     """Train an MAE on the sites of ``manifest_paths`` and write a phenoica checkpoint.
 
-    Writes ``{out_dir}/model.safetensors``, ``{out_dir}/config.json`` and
+    The keyword-only arguments are the ``train`` config section (documented, with their
+    defaults, in config/README.md; outside the workflow pass
+    ``**{**phenoica.config.schema_defaults("train"), **overrides}``); ``seed`` is the training
+    seed. Writes ``{out_dir}/model.safetensors``, ``{out_dir}/config.json`` and
     ``{out_dir}/train_log.tsv`` (one row per epoch: epoch, loss, lr, seconds, crops_per_s),
     each atomically; resumes from ``{out_dir}/.train_state.pt`` when a previous run with the
-    same inputs and settings was killed. ``nproc`` (default ``train["nproc"]``, ``auto`` = the
-    number of visible GPUs) > 1 runs data parallel under torchrun.
+    same inputs and settings was killed. ``nproc`` > 1 (``auto`` = the number of visible GPUs)
+    runs data parallel under torchrun.
     """
-    cfg = resolve_train_config(train)
-    n = _resolve_nproc(nproc if nproc is not None else cfg["nproc"], device)
+    train = section_values(train_model, locals())
+    n = _resolve_nproc(nproc, device)
     if n > 1 and _dist_env()[1] == 1:
         _launch_torchrun(n, manifest_paths=list(map(str, manifest_paths)), out_dir=str(out_dir),
-                         model=dict(model), train=dict(train or {}), channels=list(channels),
-                         seed=int(seed), device=device)
+                         model=dict(model), channels=list(channels), device=device, **train)
         return
-    run_training(manifest_paths, out_dir=out_dir, model=model, train=train, channels=channels,
-                 seed=seed, device=device)
+    run_training(manifest_paths, out_dir, model, channels, device, **train)
 
 
 def torchrun_command(nproc: int, args_file: str | os.PathLike) -> list[str]:
@@ -482,16 +445,16 @@ def torchrun_command(nproc: int, args_file: str | os.PathLike) -> list[str]:
             "-m", "phenoica.models.launch", str(args_file)]
 
 
-def _launch_torchrun(nproc: int, **kwargs) -> None:
+def _launch_torchrun(n_processes: int, **kwargs) -> None:
     out = Path(kwargs["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     args_file = out / ARGS_NAME
     args_file.write_text(json.dumps(kwargs, default=str))
     env = dict(os.environ)
     # share this job's threads between the ranks (torchrun would otherwise pin each to 1)
-    env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // nproc))
-    cmd = torchrun_command(nproc, args_file)
-    log.info("launching %d data-parallel ranks: %s", nproc, " ".join(cmd))
+    env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // n_processes))
+    cmd = torchrun_command(n_processes, args_file)
+    log.info("launching %d data-parallel ranks: %s", n_processes, " ".join(cmd))
     try:
         result = subprocess.run(cmd, env=env, check=False)
     finally:
