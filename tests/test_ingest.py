@@ -17,7 +17,8 @@ from helpers_data import FLY, PHENIX, REPO
 from scipy import ndimage
 
 from phenoica.errors import ConfigError, InputError
-from phenoica.ingest import QC_DEFAULTS, focus_score, image_stats, ingest_plate, resolve_qc
+from phenoica.config import schema_defaults
+from phenoica.ingest import focus_score, image_stats, ingest_plate
 from phenoica.io import images as images_module
 from phenoica.io.images import read_image
 from phenoica.sheet import read_plate_sheet
@@ -72,6 +73,14 @@ def plate(tmp_path) -> dict:
             "platemap": str(write_platemap(tmp_path / "map.csv")), "pattern": ""}
 
 
+# the ingest and qc sections at their defaults (what the workflow passes when the config sets none)
+SETTINGS = {**schema_defaults("ingest"), **schema_defaults("qc")}
+
+
+def ingest(row, channels=CHANNELS, **kwargs):
+    ingest_plate(row, channels=channels, **{**SETTINGS, **kwargs})
+
+
 def outputs(tmp_path: Path) -> dict:
     out = tmp_path / "results" / "plates" / "P1"
     return {"manifest_path": str(out / "manifest.parquet"), "qc_path": str(out / "qc.parquet")}
@@ -84,7 +93,7 @@ def sha256_tree(paths) -> dict:
 
 def test_ingest_synthetic_plate_contract(tmp_path, plate):
     out = outputs(tmp_path)
-    ingest_plate(plate, channels=CHANNELS, **out)
+    ingest(plate, **out)
     manifest = pd.read_parquet(out["manifest_path"])
     assert manifest.columns.tolist() == [
         "site_id", "plate", "batch", "well", "row", "col", "site", "path_c1", "path_c2",
@@ -144,7 +153,7 @@ def test_mixed_layout_sheet_on_real_images(tmp_path):
     manifests = {}
     for name, row in parsed.iterrows():
         out = tmp_path / "results" / name
-        ingest_plate(row.to_dict(), channels=PHENIX_CHANNELS,
+        ingest(row.to_dict(), channels=PHENIX_CHANNELS,
                      manifest_path=str(out / "manifest.parquet"), qc_path=str(out / "qc.parquet"))
         manifests[name] = pd.read_parquet(out / "manifest.parquet")
     for name, manifest in manifests.items():
@@ -164,7 +173,7 @@ def test_mixed_layout_sheet_on_real_images(tmp_path):
                "platemap": str(write_platemap(tmp_path / "a01.csv", wells=("A01",))),
                "pattern": FLY_PATTERN}
     out = tmp_path / "results" / "fly"
-    ingest_plate(fly_row, channels=fly_channels, manifest_path=str(out / "m.parquet"),
+    ingest(fly_row, channels=fly_channels, manifest_path=str(out / "m.parquet"),
                  qc_path=str(out / "qc.parquet"))
     fly = pd.read_parquet(out / "m.parquet")
     assert fly["site"].tolist() == [2, 76, 218] and set(fly["well"]) == {"A01"}
@@ -175,7 +184,7 @@ def test_mixed_layout_sheet_on_real_images(tmp_path):
 def test_raw_inputs_unchanged(tmp_path):
     files = sorted((REPO / FLY).iterdir())
     before = sha256_tree(files)
-    ingest_plate({"plate": "fly", "batch": "B", "layout": "pattern", "path": FLY,
+    ingest({"plate": "fly", "batch": "B", "layout": "pattern", "path": FLY,
                   "platemap": str(write_platemap(tmp_path / "m.csv", wells=("A01",))),
                   "pattern": FLY_PATTERN},
                  channels=[{"name": "DNA", "token": "D"}, {"name": "F", "token": "F"},
@@ -255,7 +264,7 @@ def test_validation_errors_write_nothing(tmp_path, plate, case):
     mutate(Path(plate["path"]) / "P1", row)
     out = outputs(tmp_path)
     with pytest.raises(error, match=message):
-        ingest_plate(row, channels=CHANNELS, **out)
+        ingest(row, **out)
     results = tmp_path / "results"
     assert not results.exists() or not any(p.is_file() for p in results.rglob("*"))
 
@@ -264,18 +273,18 @@ def test_allow_missing_wells_warns_and_ingests(tmp_path, plate, caplog):
     write_platemap(Path(plate["platemap"]), WELLS + ("H12",))
     out = outputs(tmp_path)
     with caplog.at_level(logging.WARNING, logger="phenoica"):
-        ingest_plate(plate, channels=CHANNELS, allow_missing_wells=True, **out)
+        ingest(plate, allow_missing_wells=True, **out)
     assert "1 plate-map well(s) have no images: ['H12']" in caplog.text
     assert "H12" not in set(pd.read_parquet(out["manifest_path"])["well"])
 
 
 def test_failed_rerun_keeps_earlier_outputs(tmp_path, plate):
     out = outputs(tmp_path)
-    ingest_plate(plate, channels=CHANNELS, **out)
+    ingest(plate, **out)
     before = {k: Path(v).read_bytes() for k, v in out.items()}
     truncate(Path(plate["path"]) / "P1" / "B01_s2_w2.tif")
     with pytest.raises(InputError, match="truncated"):
-        ingest_plate(plate, channels=CHANNELS, **out)
+        ingest(plate, **out)
     assert {k: Path(v).read_bytes() for k, v in out.items()} == before
     assert sorted(p.name for p in Path(out["manifest_path"]).parent.iterdir()) == \
         ["manifest.parquet", "qc.parquet"]
@@ -321,7 +330,7 @@ def test_qc_flags_and_exclude_switch(tmp_path, plate):
     tifffile.imwrite(folder / "B01_s2_w2.tif",
                      ndimage.uniform_filter(textured(8).astype(np.float32), 9).astype(np.uint16))
     out = outputs(tmp_path)
-    ingest_plate(plate, channels=CHANNELS, **out)
+    ingest(plate, **out)
     qc = pd.read_parquet(out["qc_path"]).set_index(["site_id", "channel"])
     assert qc.loc[("P1:A01:2", "c1"), "flags"] == "saturated"
     assert qc.loc[("P1:A01:2", "c1"), "saturated_fraction"] == pytest.approx(0.25)
@@ -333,25 +342,13 @@ def test_qc_flags_and_exclude_switch(tmp_path, plate):
     assert sorted(manifest.index[manifest["qc_flagged"]]) == flagged_sites
     assert manifest["qc_pass"].all()  # exclude_flagged is off by default: flags inform only
 
-    ingest_plate(plate, channels=CHANNELS, qc={"exclude_flagged": True}, **out)
+    ingest(plate, **out, exclude_flagged=True)
     manifest = pd.read_parquet(out["manifest_path"]).set_index("site_id")
     assert sorted(manifest.index[~manifest["qc_pass"]]) == flagged_sites
     with pytest.raises(InputError, match=r"all 6 sites failed QC"):
-        ingest_plate(plate, channels=CHANNELS, manifest_path=str(tmp_path / "m2.parquet"),
-                     qc_path=str(tmp_path / "q2.parquet"),
-                     qc={"exclude_flagged": True, "min_focus_ratio": 50.0})
+        ingest(plate, manifest_path=str(tmp_path / "m2.parquet"), qc_path=str(tmp_path / "q2.parquet"),
+               exclude_flagged=True, min_focus_ratio=50.0)
     assert not (tmp_path / "m2.parquet").exists()
-
-
-def test_qc_config_validation():
-    assert resolve_qc(None) == QC_DEFAULTS
-    assert resolve_qc({"saturation_value": 4095})["saturation_value"] == 4095
-    with pytest.raises(ConfigError, match=r"qc\.max_zero_fraction: 1\.5 must be a number between 0 and 1"):
-        resolve_qc({"max_zero_fraction": 1.5})
-    with pytest.raises(ConfigError, match=r"qc\.focus: unknown key \(allowed: max_saturated_fraction"):
-        resolve_qc({"focus": 1})
-    with pytest.raises(ConfigError, match=r"qc\.exclude_flagged: 'yes' must be true or false"):
-        resolve_qc({"exclude_flagged": "yes"})
 
 
 def test_image_stats_and_focus_score():
@@ -367,9 +364,9 @@ def test_image_stats_and_focus_score():
 
 def test_threads_give_identical_outputs(tmp_path, plate):
     one, two = tmp_path / "one", tmp_path / "two"
-    ingest_plate(plate, channels=CHANNELS, manifest_path=str(one / "m.parquet"),
+    ingest(plate, manifest_path=str(one / "m.parquet"),
                  qc_path=str(one / "q.parquet"))
-    ingest_plate(plate, channels=CHANNELS, manifest_path=str(two / "m.parquet"),
+    ingest(plate, manifest_path=str(two / "m.parquet"),
                  qc_path=str(two / "q.parquet"), threads=2)
     for name in ("m.parquet", "q.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(one / name), pd.read_parquet(two / name))

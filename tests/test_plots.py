@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from phenoica.errors import InputError
+from phenoica.config import schema_defaults
 from phenoica.metrics.separation import compute_scores
 from phenoica.plots import (
     plot_attribution_heatmap,
@@ -32,8 +33,8 @@ def scores(wells):
     for name in ("pca", "pca_rand"):
         Z = make_method(name).fit_transform(wells.X, wells.obs)
         prefix = "RC" if name == "pca_rand" else "PC"
-        tables.append(compute_scores(Z, wells.obs, method=name, mixing=False,
-                                     names=[f"{prefix}{i + 1}" for i in range(Z.shape[1])])[0])
+        tables.append(compute_scores(Z, wells.obs, method=name, names=[f"{prefix}{i + 1}" for i in range(Z.shape[1])],
+                                     **{**schema_defaults("scores"), "mixing": False})[0])
     return pd.concat(tables, ignore_index=True)
 
 

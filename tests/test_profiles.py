@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 from helpers_data import BBBC021, REPO
 
+from phenoica.config import schema_defaults
 from phenoica.errors import InputError
 from phenoica.profiles import collect_profiles, load_profiles
 
-BBBC021_KW = dict(batch_col="Metadata_Batch", perturbation_col="Metadata_Compound",
-                  control_value="DMSO", label_cols=["Metadata_MOA"])
+PROFILES = schema_defaults("profiles")
+BBBC021_KW = {**PROFILES, "batch_col": "Metadata_Batch", "perturbation_col": "Metadata_Compound",
+              "control_value": "DMSO", "label_cols": ["Metadata_MOA"]}
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +84,7 @@ def write(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-KW = dict(batch_col="Metadata_Batch", perturbation_col="Metadata_Pert", control_value="ctrl")
+KW = {**PROFILES, "batch_col": "Metadata_Batch", "perturbation_col": "Metadata_Pert", "control_value": "ctrl"}
 
 
 def test_parquet_tsv_and_explicit_features(tmp_path):
@@ -92,18 +94,16 @@ def test_parquet_tsv_and_explicit_features(tmp_path):
     np.testing.assert_array_equal(a.X, b.X)
     assert a.obs_names.tolist()[:2] == ["b1_p1:A01", "b1_p1:A02"]
     assert list(a.var_names) == ["f1", "f2"]
-    only = load_profiles(tmp_path / "t.parquet", feature_cols=["f2"], **KW)
+    only = load_profiles(tmp_path / "t.parquet", **{**KW, "feature_cols": ["f2"]})
     assert list(only.var_names) == ["f2"]
     assert {"gene", "flag"} <= set(a.obs.columns)
 
 
 def test_control_col_variants(tmp_path):
     path = write(small_table(), tmp_path / "t.csv")
-    flagged = load_profiles(path, batch_col="Metadata_Batch", perturbation_col="Metadata_Pert",
-                            control_col="Metadata_Flag")
+    flagged = load_profiles(path, **{**KW, "control_col": "Metadata_Flag", "control_value": None})
     assert flagged.obs["is_control"].sum() == 2
-    by_gene = load_profiles(path, batch_col="Metadata_Batch", perturbation_col="Metadata_Pert",
-                            control_col="Metadata_Gene", control_value="G1")
+    by_gene = load_profiles(path, **{**KW, "control_col": "Metadata_Gene", "control_value": "G1"})
     assert by_gene.obs["is_control"].sum() == 2
     assert by_gene.obs.loc["b1_p1:A02", "is_control"]
 
@@ -113,7 +113,7 @@ def test_no_plate_no_well_and_duplicate_index(tmp_path):
     table.loc[1, "Metadata_Well"] = "A1"  # now A01 twice on plate b1_p1
     adata = load_profiles(write(table, tmp_path / "t.csv"), **KW)
     assert adata.obs_names.is_unique and adata.obs_names[1].startswith("b1_p1:A01:")
-    bare = load_profiles(tmp_path / "t.csv", plate_col=None, well_col=None, **KW)
+    bare = load_profiles(tmp_path / "t.csv", **{**KW, "plate_col": None, "well_col": None})
     assert (bare.obs["plate"].astype(str) == bare.obs["batch"].astype(str)).all()
     assert bare.obs_names[0] == "b1:w1"
 

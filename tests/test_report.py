@@ -1,10 +1,9 @@
-"""phenoica.report: the report section's defaults, the UMAP colourings, the tables and the rule
+"""phenoica.report: the UMAP colourings, the tables and the rule
 functions behind the report figures (fast; the workflow-level report test is
 tests/test_report_workflow.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -12,16 +11,14 @@ import pandas as pd
 import pytest
 
 from phenoica.benchmarks.generalization import POOLED, TABLE_COLUMNS
-from phenoica.config import validate_config
-from phenoica.errors import ConfigError, InputError
+from phenoica.config import schema_defaults
+from phenoica.errors import InputError
 from phenoica.metrics.separation import compute_scores
 from phenoica.postprocess import make_method, run_postprocess
 from phenoica.report import (
-    REPORT_DEFAULTS,
     benchmark_grid,
     figure_colors,
     grid_html,
-    resolve_report_params,
     run_benchmark_report,
     run_method_report,
     run_scores_report,
@@ -30,28 +27,14 @@ from phenoica.report import (
 
 from test_postprocess import make_wells  # noqa: E402 (tests/ is on sys.path)
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def test_schema_defaults_match_the_code_defaults():
-    assert validate_config({}, SCHEMA)["report"] == REPORT_DEFAULTS
-
-
-def test_report_params_are_checked():
-    assert resolve_report_params({"max_wells": 50})["embedding"] == "umap"
-    with pytest.raises(ConfigError, match="unknown"):
-        resolve_report_params({"max_well": 50})
-    with pytest.raises(ConfigError, match="embedding"):
-        resolve_report_params({"embedding": "tsne"})
-    with pytest.raises(ConfigError, match="color"):
-        resolve_report_params({"color": "batch"})
+REPORT = schema_defaults("report")
 
 
 def test_umap_colours_default_to_batch_perturbation_and_the_biology_label():
-    assert figure_colors({}, {"biology": "moa"}) == ["batch", "perturbation", "moa"]
-    assert figure_colors(None, {"biology": None}) == ["batch", "perturbation"]
-    assert figure_colors({}, {"biology": "perturbation"}) == ["batch", "perturbation"]
-    assert figure_colors({"color": ["plate", "batch", "plate"]}, {"biology": "moa"}) == ["plate", "batch"]
+    assert figure_colors(None, "moa") == ["batch", "perturbation", "moa"]
+    assert figure_colors(None, None) == ["batch", "perturbation"]
+    assert figure_colors(None, "perturbation") == ["batch", "perturbation"]
+    assert figure_colors(["plate", "batch", "plate"], "moa") == ["plate", "batch"]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +48,8 @@ def score_paths(wells, tmp_path_factory):
     paths = []
     for name, prefix in (("pca", "PC"), ("pca_rand", "RC")):
         Z = make_method(name).fit_transform(wells.X, wells.obs)
-        table = compute_scores(Z, wells.obs, method=name, mixing=True,
-                               names=[f"{prefix}{i + 1}" for i in range(Z.shape[1])])[0]
+        table = compute_scores(Z, wells.obs, method=name, names=[f"{prefix}{i + 1}" for i in range(Z.shape[1])],
+                               **{**schema_defaults("scores"), "mixing": True})[0]
         path = folder / f"{name}.tsv"
         table.to_csv(path, sep="\t", index=False)
         paths.append(str(path))
@@ -165,11 +148,11 @@ def test_run_method_report(wells, score_paths, tmp_path):
     run_postprocess(str(src), out_path=str(post), method="pca_rand", params={})
     umap, attribution = tmp_path / "m" / "umap.png", tmp_path / "m" / "attribution.png"
     run_method_report(str(post), scores_tsv=score_paths[1], out_umap=str(umap),
-                      out_attribution=str(attribution), method="pca_rand",
-                      report={"embedding": "pca", "max_wells": 20}, labels={"biology": None})
+                      out_attribution=str(attribution), method="pca_rand", bio_key=None, seed=0,
+                      **{**REPORT, "embedding": "pca", "max_wells": 20})
     two_panels = _png(umap)
     _png(attribution)
     run_method_report(str(post), scores_tsv=score_paths[1], out_umap=str(umap),
-                      out_attribution=str(attribution), method="pca_rand",
-                      report={"embedding": "pca", "color": ["batch"]}, labels={"biology": None})
+                      out_attribution=str(attribution), method="pca_rand", bio_key=None, seed=0,
+                      **{**REPORT, "embedding": "pca", "color": ["batch"]})
     assert _png(umap).shape[1] < 0.75 * two_panels.shape[1]  # one panel instead of two

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phenoica.errors import ConfigError, InputError
+from phenoica.config import schema_defaults
+from phenoica.errors import InputError
 from phenoica.metrics.separation import (
     LABEL_CODES,
     SCORE_COLUMNS,
@@ -27,6 +28,9 @@ from phenoica.postprocess import make_method, run_postprocess
 
 from test_postprocess import FAST_ICA, make_wells  # noqa: E402 (tests/ is on sys.path)
 
+SCORES = schema_defaults("scores")
+NO_MIXING = {**SCORES, "mixing": False}
+MIXING = {key: SCORES[key] for key in ("max_wells", "n_neighbors", "max_labels", "perplexity", "seed")}
 ROTATION_INVARIANT = ("batch_silhouette", "batch_silhouette_raw", "ilisi", "graph_connectivity",
                       "perturbation_silhouette", "label_silhouette")
 
@@ -65,11 +69,10 @@ def test_group_and_nested_shares():
 
 
 def test_attribution_labels_and_table():
-    assert list(attribution_labels(np.array([0.6, 0.01, 0.3, 0.01]),
-                                   np.array([0.1, 0.5, 0.25, 0.02]))) == \
-        ["technical", "biological", "mixed", "mixed"]
+    assert list(attribution_labels(np.array([0.6, 0.01, 0.3, 0.01]), np.array([0.1, 0.5, 0.25, 0.02]),
+                                   margin=2.0, min_share=0.05)) == ["technical", "biological", "mixed", "mixed"]
     z, obs = _design()
-    table = component_attribution(z, obs, names=["a", "b", "c"])
+    table = component_attribution(z, obs, names=["a", "b", "c"], margin=2.0, min_share=0.05)
     assert list(table.index) == ["a", "b", "c"]
     assert list(table["label"].astype(str)) == ["technical", "biological", "mixed"]
 
@@ -77,9 +80,9 @@ def test_attribution_labels_and_table():
 def test_hoyer_and_top_share():
     assert hoyer(np.array([[0.0, 0.0, 5.0, 0.0]]))[0] == pytest.approx(1.0)
     assert hoyer(np.array([[1.0, -1.0, 1.0, 1.0]]))[0] == pytest.approx(0.0)
-    assert top_share(np.ones(8)) == pytest.approx(0.25)
-    assert top_share(np.array([1.0, 0, 0, 0, 0, 0, 0, 0])) == pytest.approx(1.0)
-    assert np.isnan(top_share(np.zeros(4)))
+    assert top_share(np.ones(8), 0.25) == pytest.approx(0.25)
+    assert top_share(np.array([1.0, 0, 0, 0, 0, 0, 0, 0]), 0.25) == pytest.approx(1.0)
+    assert np.isnan(top_share(np.zeros(4), 0.25))
     rng = np.random.default_rng(0)
     sparse = rng.laplace(size=(500, 10)) * (rng.random((500, 10)) < 0.2)
     dense = rng.normal(size=(500, 10))
@@ -94,9 +97,9 @@ def test_truth_mcc():
     truth = pd.DataFrame(rng.laplace(size=(400, 3)), columns=list("abc"))
     truth["const"] = 1.0
     Z = -truth[["c", "a", "b"]].to_numpy() + 0.05 * rng.normal(size=(400, 3))
-    in_sample, held = truth_mcc(Z, truth)
+    in_sample, held = truth_mcc(Z, truth, seed=0)
     assert in_sample > 0.99 and held > 0.99
-    assert truth_mcc(rng.normal(size=(400, 3)), truth)[0] < 0.2
+    assert truth_mcc(rng.normal(size=(400, 3)), truth, seed=0)[0] < 0.2
 
 
 def test_rotation_invariant_scores_tie_and_per_component_scores_do_not(wells):
@@ -104,7 +107,7 @@ def test_rotation_invariant_scores_tie_and_per_component_scores_do_not(wells):
     tables = {}
     for name in ("pca", "pca_ica", "pca_rand"):
         Z = make_method(name, **(FAST_ICA if name == "pca_ica" else {})).fit_transform(X, obs)
-        tables[name] = compute_scores(Z, obs, method=name, max_wells=500)[0]
+        tables[name] = compute_scores(Z, obs, method=name, **{**SCORES, "max_wells": 500})[0]
     overall = {k: t[t.component == "all"].set_index("metric")["value"] for k, t in tables.items()}
     for metric in ROTATION_INVARIANT:
         assert np.isfinite(overall["pca"][metric]), metric
@@ -135,7 +138,7 @@ def test_ica_concentrates_sparse_signal_where_a_random_rotation_spreads_it(seed)
     overall = {}
     for name in ("pca_ica", "pca_rand"):
         Z = make_method(name, seed=seed, **(FAST_ICA if name == "pca_ica" else {})).fit_transform(X, obs)
-        table = compute_scores(Z, obs, method=name, mixing=False)[0]
+        table = compute_scores(Z, obs, method=name, **NO_MIXING)[0]
         overall[name] = table[table.component == "all"].set_index("metric")["value"]
     assert overall["pca_ica"]["bio_top25_share"] > 0.9  # 2 of 8 coordinates hold the biology
     assert overall["pca_ica"]["bio_top25_share"] > overall["pca_rand"]["bio_top25_share"] + 0.15
@@ -145,8 +148,8 @@ def test_ica_concentrates_sparse_signal_where_a_random_rotation_spreads_it(seed)
 def test_compute_scores_table(wells):
     Z = make_method("pca_ica", **FAST_ICA).fit_transform(wells.X, wells.obs)
     truth = {"truth_biology": wells.obsm["truth_biology"], "truth_batch": wells.obsm["truth_batch"]}
-    long, attribution = compute_scores(Z, wells.obs, method="pca_ica", truth=truth, mixing=False,
-                                       names=[f"IC{i + 1}" for i in range(Z.shape[1])])
+    long, attribution = compute_scores(Z, wells.obs, method="pca_ica", truth=truth,
+                                       names=[f"IC{i + 1}" for i in range(Z.shape[1])], **NO_MIXING)
     assert list(long.columns) == SCORE_COLUMNS and (long["method"] == "pca_ica").all()
     per = long[long.component != "all"]
     assert set(per.metric) == {"batch_share", "perturbation_share", "attribution"}
@@ -157,7 +160,7 @@ def test_compute_scores_table(wells):
     assert overall["n_technical"] + overall["n_mixed"] + overall["n_biological"] == Z.shape[1]
     # ICA recovers the independent factors better than a random rotation of the same space
     Zr = make_method("pca_rand", seed=1).fit_transform(wells.X, wells.obs)
-    rand = compute_scores(Zr, wells.obs, method="pca_rand", truth=truth, mixing=False)[0]
+    rand = compute_scores(Zr, wells.obs, method="pca_rand", truth=truth, **NO_MIXING)[0]
     rand = rand[rand.component == "all"].set_index("metric")["value"]
     assert overall["mcc_biology"] > 0.7 and overall["mcc_batch"] > 0.6
     assert overall["mcc_biology"] > rand["mcc_biology"] + 0.1
@@ -177,14 +180,14 @@ def test_mixing_scores_see_batch_effects():
     mixed[obs["perturbation"] == "x", 0] += 5
     split = mixed.copy()
     split[:, 1] += np.repeat([0.0, 6.0, 12.0], 100)
-    good = mixing_scores(mixed, obs, bio_key="moa")
-    bad = mixing_scores(split, obs, bio_key="moa")
+    good = mixing_scores(mixed, obs, bio_key="moa", **MIXING)
+    bad = mixing_scores(split, obs, bio_key="moa", **MIXING)
     assert good["batch_silhouette"] > bad["batch_silhouette"]
     assert good["ilisi"] > 0.7 > 0.2 > bad["ilisi"]
     assert good["batch_silhouette_raw"] < bad["batch_silhouette_raw"]
     assert good["perturbation_silhouette"] > 0.55
     assert np.isnan(good["nmi"])  # one treated MOA label only: clustering against it is undefined
-    good2 = mixing_scores(mixed, obs)
+    good2 = mixing_scores(mixed, obs, **MIXING)
     assert good2["nmi"] > 0.5 and good2["ari"] > 0.5
 
 
@@ -194,8 +197,7 @@ def test_run_scores_writes_the_long_tsv(wells, tmp_path):
     post = tmp_path / "pca_ica.h5ad"
     run_postprocess(str(src), out_path=str(post), method="pca_ica", params=FAST_ICA)
     out = tmp_path / "scores" / "pca_ica.tsv"
-    run_scores(str(post), out_tsv=str(out), method="pca_ica",
-               params={"max_wells": 300, "labels": {"biology": None, "dose": None}})
+    run_scores(str(post), out_tsv=str(out), method="pca_ica", bio_key=None, **{**SCORES, "max_wells": 300})
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns) == SCORE_COLUMNS
     overall = table[table.component == "all"].set_index("metric")["value"]
@@ -203,10 +205,7 @@ def test_run_scores_writes_the_long_tsv(wells, tmp_path):
         assert np.isfinite(overall[metric]), metric
     assert set(table.component) - {"all"} == set(ad.read_h5ad(post).var_names)
     with pytest.raises(InputError, match=r"pca_ica\.h5ad.*mechanism"):
-        run_scores(str(post), out_tsv=str(out), method="pca_ica",
-                   params={"mixing": False, "labels": {"biology": "mechanism"}})
-    with pytest.raises(ConfigError, match="unknown"):
-        run_scores(str(post), out_tsv=str(out), method="pca_ica", params={"knn": 3})
+        run_scores(str(post), out_tsv=str(out), method="pca_ica", bio_key="mechanism", **NO_MIXING)
 
 
 def test_lisi_matches_harmonypy():

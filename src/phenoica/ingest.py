@@ -4,7 +4,7 @@
 when the whole plate is valid writes ``manifest.parquet`` (one row per site) and ``qc.parquet``
 (one row per site and channel), each atomically. Raw files are opened read-only.
 
-QC (config block ``qc``, see :data:`QC_DEFAULTS`): per site and channel the intensity statistics,
+QC (config section ``qc``): per site and channel the intensity statistics,
 the saturated and zero-pixel fractions, and a focus score (variance of the 4-neighbour Laplacian
 divided by the squared mean intensity, so dim and bright sites compare); ``focus_ratio`` is that
 score over the plate's median for the channel. A site is flagged (``qc_flagged``) when any channel
@@ -42,38 +42,7 @@ from .sheet import check_plate_row, read_platemap
 
 log = get_logger(__name__)
 
-QC_DEFAULTS: dict[str, object] = {
-    "max_saturated_fraction": 0.05,  # flag a channel image with more pixels at the ceiling
-    "max_zero_fraction": 0.9,        # flag (nearly) blank images: more pixels exactly 0
-    "min_focus_ratio": 0.2,          # flag focus score below this share of the plate median
-    "saturation_value": None,        # ceiling; None: dtype max for integers, not assessed for floats
-    "exclude_flagged": False,        # True: flagged sites get qc_pass False and are not embedded
-}
 QC_FLAGS = ("saturated", "blank", "out_of_focus")
-
-
-def resolve_qc(qc: Mapping | None, source: str = "qc") -> dict:
-    """Fill QC defaults and validate values; raises ConfigError with the key path."""
-    merged = dict(QC_DEFAULTS)
-    for key, value in (qc or {}).items():
-        if key not in QC_DEFAULTS:
-            raise ConfigError(f"{source}.{key}: unknown key (allowed: {', '.join(QC_DEFAULTS)})")
-        merged[key] = value
-    for key in ("max_saturated_fraction", "max_zero_fraction"):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ConfigError(f"{source}.{key}: {value!r} must be a number between 0 and 1")
-    ratio = merged["min_focus_ratio"]
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 0:
-        raise ConfigError(f"{source}.min_focus_ratio: {ratio!r} must be a number >= 0 (0 turns "
-                          "the focus flag off)")
-    sat = merged["saturation_value"]
-    if sat is not None and (isinstance(sat, bool) or not isinstance(sat, (int, float)) or sat <= 0):
-        raise ConfigError(f"{source}.saturation_value: {sat!r} must be null or a number > 0")
-    if not isinstance(merged["exclude_flagged"], bool):
-        raise ConfigError(f"{source}.exclude_flagged: {merged['exclude_flagged']!r} must be "
-                          "true or false")
-    return merged
 
 
 def plate_image_files(plate_row: Mapping, channels: Sequence[Mapping]) -> list[str]:
@@ -160,10 +129,14 @@ def _site_stats(args: tuple[dict, list[Channel], float | None]) -> list[dict]:
     return rows
 
 
-def ingest_plate(plate_row: Mapping, *, channels: Sequence[Mapping], manifest_path: str,
-                 qc_path: str, qc: Mapping | None = None, allow_missing_wells: bool = False,
-                 control_values: Sequence[str] | None = None, threads: int = 1) -> None:
+def ingest_plate(plate_row: Mapping, channels: Sequence[Mapping], manifest_path: str, qc_path: str,
+                 threads: int = 1, *, allow_missing_wells: bool, control_values: Sequence[str],
+                 max_saturated_fraction: float, max_zero_fraction: float, min_focus_ratio: float,
+                 saturation_value: float | None, exclude_flagged: bool) -> None:
     """Validate one plate and write its manifest and QC table (nothing is written on failure).
+
+    The keyword-only arguments are the ``ingest`` and ``qc`` config sections (config/README.md;
+    outside the workflow pass ``**schema_defaults("ingest"), **schema_defaults("qc")``).
 
     Parameters
     ----------
@@ -173,17 +146,21 @@ def ingest_plate(plate_row: Mapping, *, channels: Sequence[Mapping], manifest_pa
         Ordered ``[{"name": ..., "token": ...}, ...]``; the manifest has ``path_<name>`` columns.
     manifest_path, qc_path
         Outputs: one row per site; one row per site and channel.
-    qc
-        QC thresholds and the ``exclude_flagged`` switch (:data:`QC_DEFAULTS`).
+    threads
+        Images are read by this many threads (decoding releases the GIL).
     allow_missing_wells
         Plate-map wells without images: warning (True) or InputError (False).
     control_values
         Perturbations that are negative controls, for plate maps without a control flag.
-    threads
-        Images are read by this many threads (decoding releases the GIL).
+    max_saturated_fraction, max_zero_fraction, min_focus_ratio, saturation_value
+        QC thresholds (see the module docstring).
+    exclude_flagged
+        Flagged sites get ``qc_pass`` False (the embed stage drops them).
     """
     chans = parse_channels(channels)
-    qc_cfg = resolve_qc(qc)
+    qc_cfg = {"max_saturated_fraction": max_saturated_fraction, "max_zero_fraction": max_zero_fraction,
+              "min_focus_ratio": min_focus_ratio, "saturation_value": saturation_value,
+              "exclude_flagged": exclude_flagged}
     row = check_plate_row(plate_row, channels=chans, source=f"plate {plate_row.get('plate')!r}")
     plate, batch = row["plate"], row["batch"]
     folder = Path(row["path"]) if row["layout"] == "loaddata" else plate_folder(row)

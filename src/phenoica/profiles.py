@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .config import section_values
 from .errors import InputError
 from .identifiers import check_identifier, normalize_well
 from .io.anndata import sanitize_key, standardize_obs, write_h5ad
@@ -29,13 +30,13 @@ METADATA_PREFIX = "Metadata_"
 CONTRACT_COLUMNS = ("plate", "well", "batch", "perturbation", "is_control")
 
 
-def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: str,
-                  control_value: str | None = None, control_col: str | None = None,
-                  label_cols: Sequence[str] | None = None,
-                  plate_col: str | None = "Metadata_Plate",
-                  well_col: str | None = "Metadata_Well",
-                  feature_cols: Sequence[str] | None = None) -> ad.AnnData:
+def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: str, control_value: str | None,
+                  control_col: str | None, label_cols: Sequence[str], plate_col: str | None,
+                  well_col: str | None, feature_cols: Sequence[str] | None) -> ad.AnnData:
     """Load a per-well profiles table into the wells contract.
+
+    The keyword-only arguments are the ``profiles`` config section (config/README.md; outside
+    the workflow pass ``**{**phenoica.config.schema_defaults("profiles"), **overrides}``).
 
     Parameters
     ----------
@@ -206,12 +207,13 @@ def _control_mask(table: pd.DataFrame, src: Path, perturbation_col: str,
     return (table[perturbation_col].astype(str).str.strip() == str(control_value)).to_numpy()
 
 
-def collect_profiles(path: str | os.PathLike, *, out_h5ad: str | os.PathLike,
-                     **load_kwargs) -> None:
-    """Load a profiles table (:func:`load_profiles`), record provenance, write ``out_h5ad``
-    atomically. This is the rule function of the profiles entry point."""
-    adata = load_profiles(path, **load_kwargs)
-    add_record(adata.uns, "collect_profiles",
-               params={"path": str(path), **{k: v for k, v in load_kwargs.items()}},
-               inputs=[path])
+def collect_profiles(path: str | os.PathLike, out_h5ad: str | os.PathLike, *, batch_col: str,
+                     perturbation_col: str, control_value: str | None, control_col: str | None,
+                     label_cols: Sequence[str], plate_col: str | None, well_col: str | None,
+                     feature_cols: Sequence[str] | None) -> None:
+    """Load a profiles table (:func:`load_profiles`, same keyword arguments), record provenance,
+    write ``out_h5ad`` atomically. This is the rule function of the profiles entry point."""
+    options = section_values(collect_profiles, locals())
+    adata = load_profiles(path, **options)
+    add_record(adata.uns, "collect_profiles", params={"path": str(path), **options}, inputs=[path])
     write_h5ad(adata, out_h5ad)

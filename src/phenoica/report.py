@@ -3,16 +3,15 @@ overview and the held-out-batch benchmark figures, each with an HTML table the r
 inline.
 
 The figures themselves are drawn by :mod:`phenoica.plots` and :mod:`phenoica.benchmarks.plots`;
-this module resolves the ``report`` config section, gathers the per-method tables and writes
-the outputs atomically.
+this module takes the ``report`` config section, gathers the per-method tables and writes the
+outputs atomically.
 """
 
 from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,65 +19,36 @@ import pandas as pd
 from . import __version__
 from .collect import (BENCHMARK_COLUMNS, SCORE_COLUMNS, benchmark_grid, concat_tables,
                       metric_direction, score_grid)
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .io import atomic_path, atomic_write_text
 from .logs import get_logger
 
 log = get_logger(__name__)
 
-#: Defaults of the ``report`` config section (the schema documents the same values).
-REPORT_DEFAULTS: dict[str, Any] = {
-    "max_wells": 10000,     # wells drawn (seeded) for each UMAP
-    "embedding": "umap",    # umap | pca (first two principal components: a quick preview)
-    "color": None,          # obs columns the UMAP panels are coloured by; None: see figure_colors
-}
+def figure_colors(color: Sequence[str] | None, bio_key: str | None) -> list[str]:
+    """obs columns the UMAP panels are coloured by: ``color`` (``report.color``) when set, else
+    ``batch``, ``perturbation`` and the biology label ``bio_key`` (``labels.biology``) if any."""
+    if color is not None:
+        return list(dict.fromkeys(str(c) for c in color))
+    return list(dict.fromkeys(["batch", "perturbation", *([str(bio_key)] if bio_key else [])]))
 
 
-def resolve_report_params(report: Mapping[str, Any] | None) -> dict[str, Any]:
-    """REPORT_DEFAULTS updated with ``report``; ConfigError on unknown keys or bad values."""
-    report = dict(report or {})
-    unknown = sorted(set(report) - set(REPORT_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"report: unknown key(s) {unknown}; known: {sorted(REPORT_DEFAULTS)}")
-    out = {**REPORT_DEFAULTS, **report}
-    if out["embedding"] not in ("umap", "pca"):
-        raise ConfigError(f"report.embedding must be 'umap' or 'pca', got {out['embedding']!r}")
-    if int(out["max_wells"]) < 10:
-        raise ConfigError(f"report.max_wells must be at least 10, got {out['max_wells']!r}")
-    if out["color"] is not None and (isinstance(out["color"], str) or not len(out["color"])):
-        raise ConfigError(f"report.color must be a non-empty list of obs columns or null, "
-                          f"got {out['color']!r}")
-    return out
-
-
-def figure_colors(report: Mapping[str, Any] | None = None,
-                  labels: Mapping[str, Any] | None = None) -> list[str]:
-    """obs columns the UMAP panels are coloured by: ``report.color`` when set, else ``batch``,
-    ``perturbation`` and the biology label (``labels.biology``) when one is configured."""
-    params = resolve_report_params(report)
-    if params["color"] is not None:
-        return list(dict.fromkeys(str(c) for c in params["color"]))
-    biology = (labels or {}).get("biology")
-    return list(dict.fromkeys(["batch", "perturbation", *([str(biology)] if biology else [])]))
-
-
-def run_method_report(postprocessed_path: str, *, scores_tsv: str, out_umap: str,
-                      out_attribution: str, method: str, report: Mapping[str, Any] | None = None,
-                      labels: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+def run_method_report(postprocessed_path: str, scores_tsv: str, out_umap: str, out_attribution: str,
+                      method: str, bio_key: str | None, seed: int, *, max_wells: int, embedding: str,
+                      color: Sequence[str] | None) -> None:
     """Rule function: the UMAP (coloured by batch, perturbation and the biology label) and the
     component attribution heatmap of one post-processed AnnData.
 
-    ``report``: the ``report`` config section (``max_wells`` wells at most are embedded,
-    ``embedding`` umap or pca, ``color``); ``labels``: the ``labels`` section.
+    The keyword-only arguments are the ``report`` config section (``max_wells`` wells at most
+    are embedded, ``embedding`` umap or pca, ``color``; config/README.md); ``bio_key``: the
+    biology label column (``labels.biology``), ``seed``: the global seed.
     """
     from .plots import run_method_figures
 
-    params = resolve_report_params(report)
-    wanted = figure_colors(params, labels)
+    wanted = figure_colors(color, bio_key)
     run_method_figures(postprocessed_path, out_umap=out_umap, method=method,
                        scores_tsv=scores_tsv, out_attribution=out_attribution, color=wanted,
-                       params={"max_wells": int(params["max_wells"]),
-                               "embedding": params["embedding"], "seed": int(seed)})
+                       params={"max_wells": int(max_wells), "embedding": embedding, "seed": int(seed)})
 
 
 # --- tables -----------------------------------------------------------------------------------

@@ -19,10 +19,12 @@ import tifffile
 
 os.environ.setdefault("PHENOICA_PROGRESS", "0")
 
+from phenoica.config import schema_defaults  # noqa: E402
 from phenoica.ingest import ingest_plate  # noqa: E402
 
 CHANNELS = [{"name": n, "token": t} for n, t in
             [("DNA", "1"), ("ER", "2"), ("RNA", "3"), ("AGP", "4"), ("Mito", "5")]]
+SETTINGS = {**schema_defaults("ingest"), **schema_defaults("qc")}  # the demo's ingest and QC
 
 
 def write_demo_plate(root: Path, n_rows: int = 4, n_cols: int = 8, n_sites: int = 2,
@@ -53,7 +55,7 @@ def main() -> None:
         row = write_demo_plate(root)
         n_images = len(list((root / "images" / "P01").iterdir()))
         ingest_plate(row, channels=CHANNELS, manifest_path=str(root / "warm.parquet"),
-                     qc_path=str(root / "warm_qc.parquet"))  # imports, file cache
+                     qc_path=str(root / "warm_qc.parquet"), **SETTINGS)  # imports, file cache
         print(f"{'threads':>8} {'best s/plate':>13} {'median s':>9} {'ms/image':>9}")
         results = {}
         for threads in (1, 2):
@@ -62,7 +64,7 @@ def main() -> None:
                 start = time.perf_counter()
                 ingest_plate(row, channels=CHANNELS, threads=threads,
                              manifest_path=str(root / f"m{threads}_{i}.parquet"),
-                             qc_path=str(root / f"q{threads}_{i}.parquet"))
+                             qc_path=str(root / f"q{threads}_{i}.parquet"), **SETTINGS)
                 times.append(time.perf_counter() - start)
             results[threads] = min(times)
             print(f"{threads:>8} {min(times):>13.2f} {np.median(times):>9.2f} "

@@ -60,11 +60,11 @@ def make_postprocessed(path: Path, n: int, d: int, seed: int = 0) -> None:
 
 def child(path: str, out_tsv: str) -> None:
     """Run the rule function on ``path``; print per-part timings as JSON on the last line."""
-    from phenoica.io import read_h5ad
-    from phenoica.metrics.separation import compute_scores, run_scores
+    from phenoica.config import schema_defaults
+    from phenoica.metrics.separation import run_scores
 
     start = time.perf_counter()
-    run_scores(path, out_tsv=out_tsv, method="bench", params={"labels": {"biology": "mechanism"}})
+    run_scores(path, out_tsv=out_tsv, method="bench", bio_key="mechanism", **schema_defaults("scores"))
     total = time.perf_counter() - start
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"total": total, "peak_gib": rss_gib}))
@@ -72,6 +72,7 @@ def child(path: str, out_tsv: str) -> None:
 
 def parts(path: str) -> dict[str, float]:
     """Per-part timings (a second, separate run through compute_scores)."""
+    from phenoica.config import schema_defaults
     from phenoica.io import read_h5ad
     from phenoica.metrics.separation import compute_scores
 
@@ -79,7 +80,7 @@ def parts(path: str) -> dict[str, float]:
     timings: dict[str, float] = {}
     truth = {k: adata.obsm[k] for k in ("truth_biology", "truth_batch")}
     compute_scores(np.asarray(adata.X), adata.obs, method="bench", truth=truth,
-                   bio_key="mechanism", timings=timings)
+                   bio_key="mechanism", timings=timings, **schema_defaults("scores"))
     return timings
 
 

@@ -1,6 +1,8 @@
+from phenoica.config import section_arguments
 from phenoica.profiles import collect_profiles
 from phenoica.workflow import run_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-options = {key: value for key, value in dict(smk.params.profiles).items() if key != "path"}
-run_rule(smk, collect_profiles, smk.input.table, out_h5ad=smk.output.wells, **options)
+# params.profiles: the whole section; its path is this rule's input
+run_rule(smk, collect_profiles, smk.input.table, out_h5ad=smk.output.wells,
+         **section_arguments("profiles", smk.params.profiles))

@@ -3,6 +3,5 @@ from phenoica.workflow import run_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 run_rule(smk, ingest_plate, plate_row=dict(smk.params.row), channels=list(smk.params.channels),
-         manifest_path=smk.output.manifest, qc_path=smk.output.qc, qc=dict(smk.params.qc),
-         allow_missing_wells=smk.params.ingest["allow_missing_wells"],
-         control_values=list(smk.params.ingest["control_values"]) or None, threads=smk.threads)
+         manifest_path=smk.output.manifest, qc_path=smk.output.qc, threads=smk.threads,
+         **smk.params.ingest, **smk.params.qc)

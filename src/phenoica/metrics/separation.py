@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..config import section_values
 from ..errors import InputError
 from ..logs import get_logger
 from .matching import mcc, mcc_split
@@ -110,7 +111,7 @@ def nested_share(Z: np.ndarray, groups, blocks, *, adjusted: bool = True) -> np.
 
 
 def attribution_labels(batch_share: np.ndarray, perturbation_share: np.ndarray, *,
-                       margin: float = 2.0, min_share: float = 0.05) -> np.ndarray:
+                       margin: float, min_share: float) -> np.ndarray:
     """technical if batch_share >= min_share and >= margin x perturbation_share; biological in the
     mirror case; mixed otherwise (neither dominates, or both are below ``min_share``)."""
     b = np.nan_to_num(np.asarray(batch_share, dtype=np.float64), nan=0.0)
@@ -123,8 +124,7 @@ def attribution_labels(batch_share: np.ndarray, perturbation_share: np.ndarray, 
 
 def component_attribution(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
                           bio_key: str | None = "perturbation", control_key: str = "is_control",
-                          margin: float = 2.0, min_share: float = 0.05,
-                          names: list[str] | None = None) -> pd.DataFrame:
+                          margin: float, min_share: float, names: list[str] | None = None) -> pd.DataFrame:
     """Per-component batch and biology shares and the technical/biological/mixed label.
 
     ``batch_share`` uses control wells only (NaN without at least two batches of controls);
@@ -199,7 +199,7 @@ def mean_hoyer(Z: np.ndarray, controls: np.ndarray | None = None, chunk_rows: in
     return total / count if count else float("nan")
 
 
-def top_share(effect: np.ndarray, top_fraction: float = 0.25) -> float:
+def top_share(effect: np.ndarray, top_fraction: float) -> float:
     """Share of the summed (non-negative) ``effect`` held by the top ``top_fraction`` of
     components (at least one). At least ``top_fraction`` by construction; 1 = all signal there."""
     e = np.nan_to_num(np.clip(np.asarray(effect, dtype=np.float64), 0.0, None))
@@ -209,7 +209,7 @@ def top_share(effect: np.ndarray, top_fraction: float = 0.25) -> float:
     return float(np.sort(e)[::-1][:m].sum() / e.sum())
 
 
-def truth_mcc(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int = 0) -> tuple[float, float]:
+def truth_mcc(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int) -> tuple[float, float]:
     """MCC of the components of ``Z`` against ground-truth factors: in-sample, and with the
     matching fitted on a random half of the wells and scored on the other half."""
     T = truth.select_dtypes(include=[np.number]).to_numpy(dtype=np.float64) \
@@ -228,21 +228,19 @@ def truth_mcc(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int = 0)
 #: ``component`` value of whole-representation rows in the long scores table.
 ALL = "all"
 SCORE_COLUMNS = ["method", "component", "metric", "value"]
-SCORE_PARAMS = ("batch_key", "perturbation_key", "bio_key", "control_key", "margin", "min_share",
-                "top_fraction", "mixing", "max_wells", "n_neighbors", "max_labels", "perplexity",
-                "seed")
 
 
-def compute_scores(Z: np.ndarray, obs: pd.DataFrame, *, method: str,
-                   names: list[str] | None = None,
-                   truth: dict[str, pd.DataFrame] | None = None,
-                   batch_key: str = "batch", perturbation_key: str = "perturbation",
-                   bio_key: str | None = None, control_key: str = "is_control",
-                   margin: float = 2.0, min_share: float = 0.05, top_fraction: float = 0.25,
-                   mixing: bool = True, max_wells: int = 10000, n_neighbors: int = 15,
-                   max_labels: int = 100, perplexity: float = 30.0, seed: int = 0,
-                   timings: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute_scores(Z: np.ndarray, obs: pd.DataFrame, method: str, names: list[str] | None = None,
+                   truth: dict[str, pd.DataFrame] | None = None, batch_key: str = "batch",
+                   perturbation_key: str = "perturbation", bio_key: str | None = None,
+                   control_key: str = "is_control", timings: dict[str, float] | None = None, *,
+                   margin: float, min_share: float, top_fraction: float, mixing: bool, max_wells: int,
+                   n_neighbors: int, max_labels: int, perplexity: float,
+                   seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All separation scores of one representation ``Z`` (n x k).
+
+    The keyword-only arguments are the ``scores`` config section (config/README.md; outside the
+    workflow pass ``**{**phenoica.config.schema_defaults("scores"), **overrides}``).
 
     Returns ``(long, attribution)``: the long table (columns ``method, component, metric,
     value``; per-component rows carry the component name, whole-representation rows
@@ -316,34 +314,19 @@ def compute_scores(Z: np.ndarray, obs: pd.DataFrame, *, method: str,
     return long[SCORE_COLUMNS], attribution
 
 
-def scores_params(params: dict | None) -> dict:
-    """Keyword arguments of :func:`compute_scores` from the workflow's ``scores`` config plus an
-    optional ``labels`` block (``biology``: obs column of the biology label, null = perturbation;
-    other label keys, e.g. ``dose``, are not used by the scores)."""
-    params = dict(params or {})
-    labels = dict(params.pop("labels", None) or {})
-    if labels.get("biology"):
-        params.setdefault("bio_key", str(labels["biology"]))
-    unknown = sorted(set(params) - set(SCORE_PARAMS))
-    if unknown:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"scores: unknown parameter(s) {unknown}; known: {sorted(SCORE_PARAMS)}")
-    return params
-
-
-def run_scores(postprocessed_path: str, *, out_tsv: str, method: str,
-               params: dict | None = None) -> None:
+def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str | None, *, margin: float,
+               min_share: float, top_fraction: float, mixing: bool, max_wells: int, n_neighbors: int,
+               max_labels: int, perplexity: float, seed: int) -> None:
     """The ``score_separation`` rule: score a post-processed AnnData and write the long TSV
     (columns exactly ``method, component, metric, value``; see :func:`compute_scores`).
 
-    ``params``: keyword arguments of :func:`compute_scores` and optionally ``labels`` (the
-    workflow's ``labels`` config; see :func:`scores_params`). Ground truth is scored when the
+    ``bio_key``: obs column of the biology label (``labels.biology``; null = the perturbation);
+    the keyword-only arguments: the ``scores`` config section. Ground truth is scored when the
     AnnData has ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``.
     """
     from ..io import read_h5ad, write_tsv
 
-    kwargs = scores_params(params)
+    scores = section_values(run_scores, locals())
     try:
         adata = read_h5ad(postprocessed_path)
     except (OSError, KeyError) as exc:
@@ -352,7 +335,7 @@ def run_scores(postprocessed_path: str, *, out_tsv: str, method: str,
     truth = {key: adata.obsm[key] for key in ("truth_biology", "truth_batch") if key in adata.obsm}
     try:
         long, _ = compute_scores(X, adata.obs, method=method, names=list(adata.var_names),
-                                 truth=truth, **kwargs)
+                                 truth=truth, bio_key=bio_key or None, **scores)
     except InputError as exc:
         raise InputError(postprocessed_path, f"{exc.source}: {exc.problem}") from exc
     write_tsv(long, out_tsv)
@@ -387,9 +370,8 @@ def _frequent_label_rows(rows: np.ndarray, labels: np.ndarray, max_labels: int) 
 
 def mixing_scores(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
                   perturbation_key: str = "perturbation", bio_key: str | None = None,
-                  control_key: str = "is_control", max_wells: int = 10000,
-                  n_neighbors: int = 15, max_labels: int = 100, perplexity: float = 30.0,
-                  seed: int = 0) -> dict[str, float]:
+                  control_key: str = "is_control", max_wells: int, n_neighbors: int, max_labels: int,
+                  perplexity: float, seed: int) -> dict[str, float]:
     """Batch mixing and biology conservation (scIB definitions), on bounded subsamples.
 
     Batch mixing, on control wells (where batch is the only systematic difference):
@@ -457,7 +439,7 @@ def mixing_scores(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
     return out
 
 
-def lisi(Z: np.ndarray, labels: np.ndarray, *, perplexity: float = 30.0) -> np.ndarray:
+def lisi(Z: np.ndarray, labels: np.ndarray, *, perplexity: float) -> np.ndarray:
     """Local inverse Simpson index of ``labels`` around every row (Korsunsky et al. 2019).
 
     The LISI of scIB / harmonypy: Gaussian weights on the ``3 * perplexity`` nearest neighbours
@@ -500,7 +482,7 @@ def lisi(Z: np.ndarray, labels: np.ndarray, *, perplexity: float = 30.0) -> np.n
     return 1.0 / simpson
 
 
-def ilisi(Z: np.ndarray, batches: np.ndarray, *, perplexity: float = 30.0) -> float:
+def ilisi(Z: np.ndarray, batches: np.ndarray, *, perplexity: float) -> float:
     """scIB-scaled iLISI: (median LISI of ``batches`` - 1) / (n_batches - 1), in [0, 1]."""
     n_batches = len(set(batches))
     if n_batches < 2 or len(batches) < 3:
