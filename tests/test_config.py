@@ -249,8 +249,8 @@ def test_the_identifier_patterns_are_written_once():
     from phenoica.sheet import load_plate_schema
 
     for pattern in (IDENTIFIER_PATTERN, METHOD_NAME_PATTERN):
-        written = sorted(str(path.relative_to(ROOT)) for folder in ("src", "workflow")
-                         for path in (ROOT / folder).rglob("*") if path.is_file()
+        files = [ROOT / "Snakefile", *(ROOT / "src").rglob("*.py"), *(ROOT / "workflow").rglob("*")]
+        written = sorted(str(path.relative_to(ROOT)) for path in files if path.is_file()
                          and path.suffix in {".py", ".smk", ".yaml", ""} and pattern in path.read_text())
         assert written == ["src/phenoica/identifiers.py"], pattern
     for schema in (load_schema(SCHEMA_DIR / "config.schema.yaml"), load_plate_schema()):
