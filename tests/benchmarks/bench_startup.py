@@ -78,6 +78,11 @@ def main() -> None:
         time_start(project)  # warm the file cache and create .snakemake/
         starts = {name: [time_start(project, *targets) for _ in range(args.repeats)]
                   for name, targets in TARGETS.items()}
+        # Snakemake's own floor: a one-rule Snakefile in a fresh process
+        floor = Project(Path(tmp) / "one_rule")
+        floor.root.mkdir()
+        (floor.root / "Snakefile").write_text("rule all:\n    output:\n        'x'\n    shell:\n        'touch x'\n")
+        starts["one-rule Snakefile (floor)"] = [time_start(floor) for _ in range(args.repeats)]
         loaded = snakemake_modules(project, "-n", "all", "identifiability", "synthetic_benchmark")
         modules = sorted(m for m in loaded if m.split(".")[0] == "phenoica")
         imports = [time_imports(project, modules) for _ in range(args.repeats)]
