@@ -146,7 +146,8 @@ def test_section_keys_are_the_keyword_only_arguments_of_its_functions(section):
         params = _keyword_only(_function(name))
         sections = [s for s, names in SECTION_FUNCTIONS.items() if name in names]
         allowed = set().union(*(_section_keys(s) for s in sections))
-        assert set(params) <= allowed, f"{name}: keyword-only arguments {set(params) - allowed} are no key of {sections}"
+        extra = set(params) - allowed
+        assert not extra, f"{name}: keyword-only arguments {sorted(extra)} are no key of {sections}"
         with_default = sorted(p for p, param in params.items() if param.default is not param.empty)
         assert not with_default, f"{name}: defaults of {with_default} belong in the schema"
         reached |= set(params) & keys

@@ -16,8 +16,8 @@ import tifffile
 from helpers_data import FLY, PHENIX, REPO
 from scipy import ndimage
 
-from phenoica.errors import ConfigError, InputError
 from phenoica.config import schema_defaults
+from phenoica.errors import ConfigError, InputError
 from phenoica.ingest import focus_score, image_stats, ingest_plate
 from phenoica.io import images as images_module
 from phenoica.io.images import read_image

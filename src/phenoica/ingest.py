@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .io.atomic import atomic_path
 from .io.images import read_image
 from .io.layouts import (
