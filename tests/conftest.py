@@ -63,6 +63,18 @@ def slurm_cluster() -> SlurmCluster:
     return SlurmCluster(accounting=accounting, partitions=partitions, account=account)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny torch models run faster on one thread, above all on a shared, busy 2-core machine
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Project:
     """The tiny demo, run once locally to completion: the outputs every other run must equal.

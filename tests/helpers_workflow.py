@@ -212,6 +212,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def job_counts(text: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run (``snakemake -n --quiet rules``): rule -> jobs."""
+    counts = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 # --- comparing results -------------------------------------------------------------------------
 def embedding_arrays(results: Path) -> dict[str, np.ndarray]:
     """``X`` and every ``obsm``/``layers`` array of every .h5ad under ``results`` (by path)."""

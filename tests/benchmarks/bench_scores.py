@@ -60,8 +60,7 @@ def make_postprocessed(path: Path, n: int, d: int, seed: int = 0) -> None:
 
 def child(path: str, out_tsv: str) -> None:
     """Run the rule function on ``path``; print per-part timings as JSON on the last line."""
-    from phenoica.io import read_h5ad
-    from phenoica.metrics.separation import compute_scores, run_scores
+    from phenoica.metrics.separation import run_scores
 
     start = time.perf_counter()
     run_scores(path, out_tsv=out_tsv, method="bench", params={"labels": {"biology": "mechanism"}})
