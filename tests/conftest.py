@@ -63,6 +63,18 @@ def slurm_cluster() -> SlurmCluster:
     return SlurmCluster(accounting=accounting, partitions=partitions, account=account)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny torch models run faster on one thread, above all on a shared, busy 2-core machine
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Project:
     """The tiny demo, run once locally to completion: the outputs every other run must equal.
@@ -78,8 +90,8 @@ def reference_run(tmp_path_factory) -> Project:
 
 @dataclass
 class SlurmRun:
-    """One run of the tiny demo through `snakemake --profile slurm` on the local cluster,
-    with one embed_plate job cancelled (scancel) while it ran."""
+    """One run of the tiny demo up to post-processing through `snakemake --profile slurm` on
+    the local cluster, with one embed_plate job cancelled (scancel) while it ran."""
 
     project: Project
     run_id: str               # the executor's run UUID: the Slurm job name of every job
@@ -115,9 +127,15 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     # squeue (the profile's default): the executor then sees the scancelled job as CANCELLED
     subprocess.run(install, env=env, check=True, capture_output=True)
 
+    # up to post-processing: every kind of job (per-plate groups, GPU training and embedding,
+    # CPU aggregates) goes through Slurm; scores, benchmarks and figures add only more CPU jobs
+    config = project.config()
+    targets = [f"results/postprocess/{config['model']['id']}/{method}.h5ad"
+               for method in config["postprocess"]["methods"]]
     log_path = root / "snakemake.out"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([SNAKEMAKE, "--profile", "slurm", "--verbose"], cwd=project.root,
+        proc = subprocess.Popen([SNAKEMAKE, "--profile", "slurm", "--verbose", *targets],
+                                cwd=project.root,
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     cancelled: dict = {}

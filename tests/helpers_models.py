@@ -10,6 +10,9 @@ import pandas as pd
 import tifffile
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+#: A demo MAE small enough for unit tests (architecture overrides of create_model).
+TINY_MAE = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
 
 
 def render_site(rng: np.random.Generator, size: int, n_channels: int, phenotype: float,

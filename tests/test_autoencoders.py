@@ -19,14 +19,7 @@ from phenoica.models.autoencoders import (
     train_autoencoder,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # a shared 2-core machine: more torch threads than free cores slows training many-fold
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n: int = 96, size: int = 16, seed: int = 0) -> np.ndarray:

@@ -18,19 +18,12 @@ from phenoica.models import (checkpoint_sha256, create_model, load_encoder, load
                              save_checkpoint)
 from phenoica.models.checkpoint import file_kind
 from phenoica.provenance import file_sha256
+from helpers_models import TINY_MAE
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {**TINY_MAE, "depth": 2}
 SHAPES = REPO / OPENPHENOM_SHAPES
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny(name="mae_vit_demo", seed=0, **kw):

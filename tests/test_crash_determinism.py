@@ -1,11 +1,13 @@
 """Crash safety and determinism on the tiny demo.
 
-- Two clean CPU runs give bit-identical X, obsm, checkpoints and result tables.
 - SIGKILL of the whole workflow (Snakemake and its jobs) in the middle of embedding: no
   half-written .h5ad/.safetensors under its final name; `snakemake --unlock` and the same command
-  again complete, equal to an uninterrupted run, with no *.partial left anywhere.
+  again complete, bit-identical (X, obsm, checkpoints, result tables) to the session's
+  uninterrupted reference run in another folder, with no *.partial left anywhere: the one
+  determinism check of the suite (two independent trainings and embeddings agree bit for bit).
 - scancel of a Slurm embed job in the middle of its work: the executor's retry (memory x attempt)
-  completes the run, equal to an uninterrupted local run (fixture slurm_run, conftest.py).
+  completes the run (fixture slurm_run, conftest.py; test_slurm.py compares its outputs with the
+  local run).
 """
 
 from __future__ import annotations
@@ -26,12 +28,6 @@ from helpers_workflow import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def test_two_clean_runs_are_bit_identical(reference_run, tmp_path):
-    again = make_project(tmp_path / "again")
-    again.run()
-    assert_identical_results(reference_run.results(), again.results())
 
 
 def _embedding_started(project) -> bool:
@@ -66,7 +62,7 @@ def test_sigkill_during_embedding_then_rerun_is_identical(reference_run, tmp_pat
 
 
 @pytest.mark.slurm
-def test_scancel_during_embedding_is_retried_and_identical(slurm_run, reference_run):
+def test_scancel_during_embedding_is_retried(slurm_run):
     assert slurm_run.cancelled_job, "no running embed_plate job was seen to scancel"
     assert slurm_run.returncode == 0, slurm_run.output[-6000:]
     by_id = {job["id"]: job for job in slurm_run.jobs}
@@ -85,4 +81,3 @@ def test_scancel_during_embedding_is_retried_and_identical(slurm_run, reference_
     results = slurm_run.project.results()
     assert partial_files(slurm_run.project.root) == []
     assert_complete_files(results)
-    assert_identical_results(reference_run.results(), results)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers_data import PHENIX, REPO
-from helpers_models import write_plate, write_truth
+from helpers_models import TINY_MAE, write_plate, write_truth
 from phenoica.config import schema_defaults
 from phenoica.embed import collect_wells, embed_plate
 from phenoica.errors import ConfigError, InputError
@@ -19,18 +19,10 @@ from phenoica.models.data import (manifest_path_lists, normalize_site, plate_cha
                                   read_site, tile_positions, tile_site)
 from phenoica.provenance import file_sha256
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CHANNELS = ["DNA", "ER", "RNA"]
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TINY = TINY_MAE
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,9 @@ from phenoica.benchmarks.identifiability import (
 )
 from phenoica.errors import ConfigError, InputError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_PROBE, DIM = 400, 4
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # a shared 2-core machine: more torch threads than free cores slows torch many-fold
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _sources() -> np.ndarray:

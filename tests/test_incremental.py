@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -136,31 +135,3 @@ def test_updating_one_raw_image_reruns_that_plate_only(screen):
     assert {j.rule for j in per_plate} == {"ingest_plate", "embed_plate"}
     assert {j.rule for j in jobs} - {j.rule for j in per_plate} == {"collect_wells"}
     assert "raw/images/P01" in find_job(jobs, "ingest_plate", plate="P01").reason
-
-
-def test_dag_of_a_large_sheet_builds_without_reading_images(tmp_path):
-    """300 simulated plates: the DAG lists every per-plate job (bench_dag.py times 2,000)."""
-    plates = [f"S{i:04d}" for i in range(300)]
-    project = make_project(tmp_path / "project", overrides={"train": {"plates": plates[:2]}})
-    demo = pd.read_csv(REPO / "config" / "plates.tsv", sep="\t", dtype=str, keep_default_na=False)
-    template = demo.iloc[0]
-    root = project.config()["simulate"]["root"]
-    project.write_sheet(pd.DataFrame({
-        "plate": plates, "batch": [f"B{i % 10}" for i in range(300)], "layout": template["layout"],
-        "path": f"{root}/images", "platemap": [f"{root}/platemaps/{p}.csv" for p in plates],
-        "pattern": "",
-    }))
-    run = project.snakemake("-n", "--quiet", "rules")  # the job table only
-    counts = job_counts(run.stdout)
-    assert counts.get("embed_plate") == 300 and counts.get("ingest_plate") == 300, counts
-    assert counts.get("train_model") == 1, counts
-
-
-def job_counts(text: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> number of jobs."""
-    counts = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts

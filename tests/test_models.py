@@ -11,18 +11,11 @@ from helpers_data import OPENPHENOM_SHAPES, REPO
 from phenoica.errors import ConfigError
 from phenoica.models import ChannelAgnosticEncoder, ViTEncoder, create_model, get_spec, list_models
 from phenoica.models.layers import random_masking, self_standardize, sincos_pos_embed
+from helpers_models import TINY_MAE
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TINY = TINY_MAE
 
 
 def test_registry_lists_the_required_models():

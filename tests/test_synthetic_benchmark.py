@@ -7,7 +7,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from phenoica.benchmarks.synthetic import (
     DEFAULT_PARAMS,
@@ -26,16 +25,10 @@ from phenoica.benchmarks.synthetic import (
 from phenoica.errors import ConfigError, InputError
 from phenoica.simulate.factors import make_factor_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {"datasets": ["shapes"], "seeds": [0], "n_train": 160, "n_eval": 100, "image_size": 16,
         "steps": 15, "batch_size": 32, "width": 8, "hidden": 32, "latent_dim": 6, "dci_estimator": "lasso"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_params_defaults_and_errors():

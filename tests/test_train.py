@@ -9,28 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers_models import write_plate
+from helpers_models import TINY_MAE, write_plate
 from phenoica.config import schema_defaults
 from phenoica.errors import ConfigError
 from phenoica.models import load_model, read_state_dict, train_model
 from phenoica.models import train as train_mod
 from phenoica.models.train import lr_at, params_digest
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CHANNELS = ["DNA", "ER"]
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+TINY = {**TINY_MAE, "depth": 2}
 MODEL = {"name": "mae_vit_demo", "overrides": TINY}
 DEFAULTS = schema_defaults("train")
 TRAIN = {**DEFAULTS, "epochs": 2, "batch_size": 4, "crops_per_site": 2, "lr": 2e-3, "warmup_epochs": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers_workflow import REPO, make_project
+from helpers_workflow import REPO, copy_project, make_project
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 WORKFLOW_KEYS = {"seeds", "weight_decays", "sweep_seeds", "train", "probe_plates"}
@@ -135,10 +135,15 @@ def _table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_identifiability_end_to_end(tmp_path):
+def test_identifiability_end_to_end(reference_run, tmp_path):
     import anndata as ad
 
-    project = make_project(tmp_path / "p", overrides={"identifiability": TINY_IDENT})
+    # on a copy of the session's reference run: its checkpoint is seed 0 at the main weight decay
+    project = copy_project(reference_run, tmp_path / "p")
+    project.update_config({"identifiability": TINY_IDENT})
+    trainings = [j for j in project.dry_run("identifiability")
+                 if j.rule in ("train_model", "identifiability_train")]
+    assert len(trainings) == 3  # seed 1, and seeds 0 and 1 at the other weight decay
     project.run("identifiability")
     out = project.results() / "identifiability"
     alignment = _table(out / "alignment.tsv", ("layer", "seed_a", "seed_b", "map", "metric", "value"))

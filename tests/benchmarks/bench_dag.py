@@ -22,16 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from helpers_workflow import Project, make_project  # noqa: E402
-
-
-def job_counts(text: str) -> dict[str, int]:
-    counts = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
+from helpers_workflow import Project, job_counts, make_project  # noqa: E402
 
 
 def simulate_sheet(project: Project, plates: list[str]) -> None:
