@@ -8,13 +8,13 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_workflow import make_project
+from test_postprocess import FAST_ICA, make_wells
 
 from phenoica.errors import ConfigError, InputError
 from phenoica.io import write_h5ad
 from phenoica.postprocess import make_method, run_postprocess
 from phenoica.postprocess.methods import check_fit_on, component_cap
-from helpers_workflow import make_project
-from test_postprocess import FAST_ICA, make_wells
 
 
 def _noise_wells(n: int, d: int, seed: int = 0):

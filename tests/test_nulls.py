@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_generalization import make_wells
+from test_postprocess import BBBC021
 from threadpoolctl import threadpool_limits
 
 from phenoica import nulls
@@ -17,8 +19,6 @@ from phenoica.errors import InputError
 from phenoica.io import write_h5ad
 from phenoica.metrics.separation import ALL, compute_scores
 from phenoica.postprocess import make_method, run_postprocess
-from test_generalization import make_wells
-from test_postprocess import BBBC021
 
 FAST = {"labels": {"biology": "mechanism"}, "tasks": ["auroc"]}
 
@@ -167,7 +167,7 @@ def test_summary_calls_a_single_rotation_win_inside_the_null():
 
 
 def test_summary_reports_a_broken_tie_and_no_null():
-    scores, bench, obs, null = _tables(ica_topk=0.956, ica_hoyer=0.43)
+    scores, bench, obs, _ = _tables(ica_topk=0.956, ica_hoyer=0.43)
     scores.loc[(scores["method"] == "pca_rand") & (scores["metric"] == "ilisi"), "value"] = 0.6
     text = summarize(scores, bench, obs, ["pca", "pca_ica", "pca_rand"], null=None)
     assert "rotation-invariant check FAILED" in text and "scores/ilisi by 0.1" in text

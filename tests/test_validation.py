@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_workflow import make_project
 from scipy.stats import kurtosis
 from threadpoolctl import threadpool_limits
 
@@ -18,7 +19,6 @@ from phenoica.config import schema_defaults
 from phenoica.metrics.separation import ALL, compute_scores
 from phenoica.nulls import percentile_in_null, rotation_null_scores
 from phenoica.postprocess import make_method
-from helpers_workflow import make_project
 
 SMALL = {**{k: v for k, v in schema_defaults("validation").items()
             if k not in ("strict", "n_rotations", "top_k")},

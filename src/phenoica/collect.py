@@ -193,15 +193,16 @@ def summarize(scores: pd.DataFrame, benchmarks: pd.DataFrame, obs: pd.DataFrame,
     if null_table is not None and not null_table.empty:
         n_rot = int(null.groupby(["task", "metric"])["seed"].nunique().max())
         seeds = sorted(null["seed"].unique())
-        lines += [f"Rotation null: {focus} against {n_rot} random rotations of the same whitening "
-                  f"({', '.join(sorted(null['method'].unique()))}, seeds {seeds[0]}-{seeds[-1]}; "
-                  f"results/null_rotations.tsv). pct = percentile of {focus} in the null; "
-                  f"bootstrap = {lo:g}-{hi:g} % interval of {focus} over perturbations (auroc) or "
-                  f"held-out folds ({n_bootstrap} resamples, seed {bootstrap_seed}).",
+        lines += [(f"Rotation null: {focus} against {n_rot} random rotations of the same "
+                   f"whitening ({', '.join(sorted(null['method'].unique()))}, seeds "
+                   f"{seeds[0]}-{seeds[-1]}; results/null_rotations.tsv). pct = percentile of "
+                   f"{focus} in the null; bootstrap = {lo:g}-{hi:g} % interval of {focus} over "
+                   f"perturbations (auroc) or held-out folds ({n_bootstrap} resamples, seed "
+                   f"{bootstrap_seed})."),
                   null_table.to_string(index=False), ""]
     elif null is None or null.empty:
-        lines += ["Rotation null: none (no PCA+Rand method configured); coordinate-dependent "
-                  "metrics are not judged.", ""]
+        lines += [("Rotation null: none (no PCA+Rand method configured); coordinate-dependent "
+                   "metrics are not judged."), ""]
 
     lines.append("Verdict (measured on this run):")
     verdict: list[str] = []
