@@ -52,7 +52,10 @@ def test_batch_variance_share_and_truth_r2_are_rotation_invariant():
     b = subspace_scores(Zw @ R.T, obs, labels)["batch_variance_share"]
     assert a == pytest.approx(b, rel=1e-9)
     truth = pd.DataFrame(Z[:, 1:] + np.random.default_rng(2).normal(0, 0.1, (len(Z), 2)))
-    assert truth_r2(Zw, truth) == pytest.approx(truth_r2(Zw @ R.T, truth), abs=1e-6)
+    assert truth_r2(Zw, truth) == pytest.approx(truth_r2(Zw @ R.T, truth), abs=1e-9)
+    # unequal component scales (a whitened space rotated is not always whitened again)
+    Zs = Zw * np.array([1.0, 3.0, 0.2])
+    assert truth_r2(Zs, truth) == pytest.approx(truth_r2(Zs @ R.T, truth), abs=1e-9)
     assert truth_r2(Zw, truth) > 0.9
     assert truth_r2(Zw[:, :1], truth) < 0.2  # the batch column holds no biology
 

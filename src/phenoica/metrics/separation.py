@@ -303,9 +303,10 @@ def subspace_scores(Z: np.ndarray, obs: pd.DataFrame, labels, *, batch_key: str 
 
 def truth_r2(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int = 0) -> float:
     """Mean over the ground-truth factors of the R^2 of a ridge regression (penalty chosen by
-    cross-validation on the fitting half) from all components of ``Z``, fitted on a random half of
-    the wells and scored on the other half (the split of :func:`truth_mcc`). Rotation invariant:
-    whether the representation holds the factors linearly, whatever its basis."""
+    cross-validation on the fitting half) from all components of ``Z`` (centred, one common
+    scale), fitted on a random half of the wells and scored on the other half (the split of
+    :func:`truth_mcc`). Rotation invariant: whether the representation holds the factors
+    linearly, whatever its basis."""
     from sklearn.linear_model import RidgeCV
 
     T = truth.select_dtypes(include=[np.number]).to_numpy(dtype=np.float64) \
@@ -315,9 +316,10 @@ def truth_r2(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int = 0) 
     if T.shape[1] == 0 or Z.shape[1] == 0 or not 5 < split.sum() < Z.shape[0] - 5:
         return float("nan")
     Z = np.asarray(Z, dtype=np.float64)
-    mean, sd = Z[split].mean(axis=0), Z[split].std(axis=0)
-    sd[~(sd > 0)] = 1.0
-    Zs = (Z - mean) / sd
+    # one scale for all components (not one per component), so a rotation changes nothing
+    mean = Z[split].mean(axis=0)
+    scale = float(np.sqrt(np.mean((Z[split] - mean) ** 2)))
+    Zs = (Z - mean) / (scale if scale > 0 else 1.0)
     model = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(Zs[split], T[split])
     pred = model.predict(Zs[~split])
     held = T[~split]
