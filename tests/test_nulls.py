@@ -174,6 +174,7 @@ def test_summary_reports_a_broken_tie_and_no_null():
     assert "Rotation null: none" in text
 
 
+@pytest.mark.slow  # 20 rotations x 10 held-out weeks x 12 MOAs x 3 probes: about a minute
 @pytest.mark.skipif(not os.path.exists(BBBC021), reason="BBBC021 table not available")
 def test_bbbc021_single_rotation_topk_win_is_inside_the_null():
     """The README's 'better top-8 probe' of PCA+ICA on BBBC021 (0.956 against PCA+Rand seed
