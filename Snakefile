@@ -34,9 +34,11 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/postprocess.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/null.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/identifiability.smk"
 include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/validation.smk"
 
 
 rule all:
@@ -44,6 +46,7 @@ rule all:
         "results/phenoica.h5ad",
         "results/scores.tsv",
         "results/benchmarks.tsv",
+        "results/null_rotations.tsv",
         "results/summary.txt",
         REPORT_FIGURES,
     default_target: True

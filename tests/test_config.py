@@ -87,6 +87,7 @@ SECTION_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "report": ("phenoica.report:run_method_report",),
     "scores": ("phenoica.metrics.separation:run_scores", "phenoica.metrics.separation:compute_scores"),
     "profiles": ("phenoica.profiles:collect_profiles", "phenoica.profiles:load_profiles"),
+    "validation": ("phenoica.validation:run_validation_controls",),
     # "benchmark": (...),        converted by the benchmark work (helper bench)
     # "identifiability": (...),  converted by the identifiability work (helper ident)
     # "synthetic": (...),        converted by the identifiability work (helper ident)
@@ -102,6 +103,9 @@ OTHER_SECTIONS: dict[str, str] = {
     "postprocess": "methods: per-method parameters (class defaults, METHOD_PARAM_DOCS); fit_on, layer "
                    "and train_batches: passed whole to run_postprocess (not converted yet)",
     "resources": "read by the workflow (threads, memory, GPUs of each rule)",
+    "rotation_null": "split by the workflow: n_rotations and first_seed -> run_rotation_null (one null "
+                     "per PCA+Rand output), n_bootstrap and bootstrap_seed -> collect_results (the "
+                     "summary's intervals)",
     "benchmark": "not converted yet (helper bench)",
     "identifiability": "not converted yet (helper ident)",
     "synthetic": "not converted yet (helper ident)",

@@ -137,6 +137,8 @@ DEFAULT_RESOURCES = {
     "postprocess": {"threads": 2, "mem_mb": 4000, "runtime": 30},
     "score_separation": {"threads": 2, "mem_mb": 4000, "runtime": 30},
     "benchmark_generalization": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+    "rotation_null": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+    "validation_controls": {"threads": 2, "mem_mb": 4000, "runtime": 30},
     "method_figures": {"threads": 1, "mem_mb": 4000, "runtime": 30},
     "scores_report": {"threads": 1, "mem_mb": 2000, "runtime": 10},
     "benchmark_report": {"threads": 1, "mem_mb": 2000, "runtime": 10},

@@ -1,4 +1,7 @@
 # Whitening, ICA and the baselines, fitted on the configured fitting set.
+from phenoica.postprocess.methods import check_fit_on
+
+check_fit_on(config["postprocess"]["methods"], config["postprocess"]["fit_on"])
 
 
 rule postprocess:

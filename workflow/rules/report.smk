@@ -17,6 +17,7 @@ rule collect_results:
         methods=expand("results/postprocess/{model}/{method}.h5ad", model=MODEL, method=METHODS),
         scores=expand("results/scores/{model}/{method}.tsv", model=MODEL, method=METHODS),
         benchmarks=expand("results/benchmarks/{model}/{method}.tsv", model=MODEL, method=METHODS),
+        nulls=expand("results/null/{model}/{method}.tsv", model=MODEL, method=NULL_METHODS),
     output:
         adata="results/phenoica.h5ad",
         scores=report("results/scores.tsv", caption="../report/scores_tsv.rst",
@@ -26,8 +27,12 @@ rule collect_results:
                           labels={"item": "long table (TSV)"}),
         summary=report("results/summary.txt", caption="../report/summary.rst",
                        category="3. Held-out-batch benchmarks", labels={"item": "run summary (text)"}),
+        null=report("results/null_rotations.tsv", caption="../report/null_rotations.rst",
+                    category="3. Held-out-batch benchmarks",
+                    labels={"item": "rotation null (TSV)"}),
     params:
         methods=METHODS,
+        rotation_null=config["rotation_null"],
     log:
         "logs/collect_results.log",
     conda:

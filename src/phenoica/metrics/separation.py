@@ -8,9 +8,11 @@ Per component (coordinate)
     groups do not inflate them.
     ``label``: technical / biological / mixed (:func:`attribution_labels`).
 Per representation
-    Hoyer sparsity, concentration of biological signal in the top 25% of components, MCC against
-    simulated ground truth, and (rotation-invariant) batch-mixing and biology-conservation scores
-    (:func:`mixing_scores`).
+    Hoyer sparsity, concentration of biological signal in the top 25% of components, variance
+    shares of groups of components (:func:`subspace_scores`: batch variance left in the whole
+    representation and in its biology-labelled components, biology variance those components
+    capture), MCC and linear R^2 against simulated ground truth, and (rotation-invariant)
+    batch-mixing and biology-conservation scores (:func:`mixing_scores`).
 
 Per-component scores change under rotation (that is where ICA differs from PCA); the mixing and
 conservation scores do not (whitened PCA, PCA+ICA and PCA+Rand score the same).
@@ -223,6 +225,109 @@ def truth_mcc(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int) -> 
     return in_sample, held
 
 
+# --- subspace-level scores ---------------------------------------------------------------------
+
+
+def _between_within(Z: np.ndarray, codes: np.ndarray, n_groups: int, blocks: np.ndarray | None = None,
+                    n_blocks: int = 1) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Per column: the between-group sum of squares (groups nested in ``blocks`` when given),
+    the total sum of squares (within blocks), and the two degrees of freedom."""
+    n = Z.shape[0]
+    ind = _indicator(codes, n_groups)
+    counts = np.asarray(ind.sum(axis=1)).ravel()
+    ss_b, ss_t = np.empty(Z.shape[1]), np.empty(Z.shape[1])
+    bind = _indicator(blocks, n_blocks) if blocks is not None else None
+    for cols in _chunks(Z.shape[1]):
+        block = np.asarray(Z[:, cols], dtype=np.float64)
+        if bind is None:
+            block = block - block.mean(axis=0)
+        else:
+            bcounts = np.asarray(bind.sum(axis=1)).ravel()
+            block = block - ((bind @ block) / bcounts[:, None])[blocks]
+        ss_b[cols] = ((ind @ block) ** 2 / counts[:, None]).sum(axis=0)
+        ss_t[cols] = (block ** 2).sum(axis=0)
+    df_b = n_groups - (n_blocks if blocks is not None else 1)
+    return ss_b, ss_t, df_b, n - n_groups
+
+
+def _explained(ss_b: np.ndarray, ss_t: np.ndarray, df_b: int, df_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chance-corrected explained sum of squares per column (may be negative) and the total."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ms_w = (ss_t - ss_b) / df_w if df_w > 0 else np.full_like(ss_t, np.nan)
+    return ss_b - df_b * ms_w, ss_t
+
+
+def _share(explained: np.ndarray, total: np.ndarray, cols: np.ndarray) -> float:
+    den = float(np.sum(total[cols])) if cols.any() else 0.0
+    if not den > 0:
+        return float("nan")
+    return float(np.clip(np.sum(explained[cols]) / den, 0.0, 1.0))
+
+
+def subspace_scores(Z: np.ndarray, obs: pd.DataFrame, labels, *, batch_key: str = "batch",
+                    perturbation_key: str = "perturbation",
+                    control_key: str = "is_control") -> dict[str, float]:
+    """Variance shares of groups of components rather than single components.
+
+    ``batch_variance_share``: share of the control wells' variance (summed over all components)
+    explained by batch, chance-corrected; a trace, so rotation invariant: it drops when
+    components are removed (``ica_clean``), not when they are rotated.
+    ``batch_variance_in_bio``: the same over the components labelled biological only: the batch
+    effect left in what a user would keep as biology (NaN without biological components).
+    ``bio_variance_captured``: of the perturbation variance within batches (summed over all
+    components, chance-corrected), the share held by the components labelled biological.
+    """
+    Z = np.asarray(Z)
+    labels = np.asarray(labels).astype(str)
+    bio = labels == "biological"
+    out = {"batch_variance_share": float("nan"), "batch_variance_in_bio": float("nan"),
+           "bio_variance_captured": float("nan")}
+    ctrl = obs[control_key].to_numpy().astype(bool)
+    batches = obs[batch_key].astype(str).to_numpy()
+    if ctrl.sum() >= 3 and len(set(batches[ctrl])) >= 2:
+        codes, g = _codes(batches[ctrl])
+        explained, total = _explained(*_between_within(Z[ctrl], codes, g))
+        every = np.ones(Z.shape[1], dtype=bool)
+        out["batch_variance_share"] = _share(explained, total, every)
+        out["batch_variance_in_bio"] = _share(explained, total, bio)
+    bcodes, nb = _codes(batches)
+    cell = pd.Series(bcodes.astype(str)) + "\x1f" + pd.Series(obs[perturbation_key].astype(str).to_numpy())
+    ccodes, nc = _codes(cell)
+    if nc > nb:
+        explained, _ = _explained(*_between_within(Z, ccodes, nc, bcodes, nb))
+        total = float(np.sum(explained))
+        if total > 0:
+            out["bio_variance_captured"] = float(np.clip(np.sum(explained[bio]) / total, 0.0, 1.0))
+    return out
+
+
+def truth_r2(Z: np.ndarray, truth: pd.DataFrame | np.ndarray, *, seed: int = 0) -> float:
+    """Mean over the ground-truth factors of the R^2 of a ridge regression (penalty chosen by
+    cross-validation on the fitting half) from all components of ``Z`` (centred, one common
+    scale), fitted on a random half of the wells and scored on the other half (the split of
+    :func:`truth_mcc`). Rotation invariant: whether the representation holds the factors
+    linearly, whatever its basis."""
+    from sklearn.linear_model import RidgeCV
+
+    T = truth.select_dtypes(include=[np.number]).to_numpy(dtype=np.float64) \
+        if isinstance(truth, pd.DataFrame) else np.asarray(truth, dtype=np.float64)
+    T = T[:, np.nanstd(T, axis=0) > 0]
+    split = np.random.default_rng(seed).random(Z.shape[0]) < 0.5
+    if T.shape[1] == 0 or Z.shape[1] == 0 or not 5 < split.sum() < Z.shape[0] - 5:
+        return float("nan")
+    Z = np.asarray(Z, dtype=np.float64)
+    # one scale for all components (not one per component), so a rotation changes nothing
+    mean = Z[split].mean(axis=0)
+    scale = float(np.sqrt(np.mean((Z[split] - mean) ** 2)))
+    Zs = (Z - mean) / (scale if scale > 0 else 1.0)
+    model = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(Zs[split], T[split])
+    pred = model.predict(Zs[~split])
+    held = T[~split]
+    ss_res = ((held - pred) ** 2).sum(axis=0)
+    ss_tot = ((held - held.mean(axis=0)) ** 2).sum(axis=0)
+    return float(np.mean(1.0 - ss_res / np.where(ss_tot > 0, ss_tot, np.nan)))
+
+
 # --- the whole table --------------------------------------------------------------------------
 
 #: ``component`` value of whole-representation rows in the long scores table.
@@ -250,8 +355,11 @@ def compute_scores(Z: np.ndarray, obs: pd.DataFrame, method: str, names: list[st
     in batch), ``attribution`` (:data:`LABEL_CODES`: -1 technical, 0 mixed, 1 biological).
     Whole-representation metrics: ``n_components``, ``n_technical``, ``n_mixed``,
     ``n_biological``, ``hoyer``, ``bio_top<100*top_fraction>_share`` (share of the summed
-    ``perturbation_share`` in the top components), ``mcc_<truth>`` and ``mcc_<truth>_split``
-    per ground-truth table (``truth_biology`` -> ``mcc_biology``), and with ``mixing`` those of
+    ``perturbation_share`` in the top components), the subspace scores of
+    :func:`subspace_scores` (``batch_variance_share``, ``batch_variance_in_bio``,
+    ``bio_variance_captured``), ``mcc_<truth>``, ``mcc_<truth>_split`` and ``r2_<truth>``
+    (:func:`truth_r2`) per ground-truth table (``truth_biology`` -> ``mcc_biology``), and with
+    ``mixing`` those of
     :func:`mixing_scores` (biology label ``bio_key``, default the perturbation).
     ``timings``, when given, receives the seconds spent in each part.
     """
@@ -293,12 +401,16 @@ def compute_scores(Z: np.ndarray, obs: pd.DataFrame, method: str, names: list[st
     rows.append((ALL, "hoyer", mean_hoyer(Z, controls)))
     rows.append((ALL, f"bio_top{round(100 * top_fraction)}_share",
                  top_share(attribution["perturbation_share"].to_numpy(), top_fraction)))
+    subspace = subspace_scores(Z, obs, attribution["label"].to_numpy(), batch_key=batch_key,
+                               perturbation_key=perturbation_key, control_key=control_key)
+    rows += [(ALL, metric, value) for metric, value in subspace.items()]
     lap("hoyer_concentration")
     for key, table in (truth or {}).items():
         short = key.removeprefix("truth_")
         in_sample, held = truth_mcc(Z, table, seed=seed)
         rows.append((ALL, f"mcc_{short}", in_sample))
         rows.append((ALL, f"mcc_{short}_split", held))
+        rows.append((ALL, f"r2_{short}", truth_r2(Z, table, seed=seed)))
     if truth:
         lap("mcc_truth")
     if mixing:

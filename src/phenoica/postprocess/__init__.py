@@ -4,33 +4,39 @@ baselines, each fitted on a fitting set and re-applicable to new plates from its
 >>> m = make_method("pca_ica", n_components=32, seed=0)
 >>> Z = m.fit(X[fit], obs[fit]).transform(X, obs)
 >>> m2 = method_from_state(m.to_state())
+
+The names below are loaded from their submodules on first use, so that the workflow's
+dry-run checks (``phenoica.postprocess.methods.check_fit_on``) do not import anndata.
 """
 
-from .ica import ICA, amari_distance, fit_ica
-from .methods import (
-    METHOD_NAMES,
-    METHODS,
-    Method,
-    fitting_mask,
-    make_method,
-    method_from_state,
-)
-from .run import load_method, run_postprocess, select_layer
-from .whitening import Whitening, fit_whitening
+from __future__ import annotations
 
-__all__ = [
-    "ICA",
-    "METHODS",
-    "METHOD_NAMES",
-    "Method",
-    "Whitening",
-    "amari_distance",
-    "fit_ica",
-    "fit_whitening",
-    "fitting_mask",
-    "load_method",
-    "make_method",
-    "method_from_state",
-    "run_postprocess",
-    "select_layer",
-]
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "ICA": "ica",
+    "amari_distance": "ica",
+    "fit_ica": "ica",
+    "METHOD_NAMES": "methods",
+    "METHODS": "methods",
+    "Method": "methods",
+    "fitting_mask": "methods",
+    "make_method": "methods",
+    "method_from_state": "methods",
+    "load_method": "run",
+    "run_postprocess": "run",
+    "select_layer": "run",
+    "Whitening": "whitening",
+    "fit_whitening": "whitening",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -130,10 +130,36 @@ _PCA_DEFAULTS = {"n_components": None, "rel_tol": 1e-5, "standardize": False}
 _ICA_DEFAULTS = {"seed": 0, "backend": "auto", "n_restarts": 3, "tol": 1e-4, "max_iter": 200}
 
 
+#: The default caps the components at one per this many fitting wells; more are warned about.
+WELLS_PER_COMPONENT = 5
+
+
+def component_cap(n_fit: int) -> int:
+    """Most components a whitening of ``n_fit`` wells keeps by default: n_fit / 5 (at least 1).
+    Beyond that the trailing components are mostly sampling noise that whitening scales up to
+    unit variance: on wells not in the fitting set their variance is far above 1 (e.g. 35-56 for
+    299 components of 300 wells)."""
+    return max(1, int(n_fit) // WELLS_PER_COMPONENT)
+
+
 def _fit_pca(method: Method, X: np.ndarray, reg: float = 0.0) -> Whitening:
     p = method.params
-    return fit_whitening(X, p["n_components"], p["rel_tol"], standardize=bool(p["standardize"]),
-                         reg=reg)
+    whitening = fit_whitening(X, p["n_components"], p["rel_tol"], standardize=bool(p["standardize"]),
+                              reg=reg)
+    n_fit, cap = X.shape[0], component_cap(X.shape[0])
+    if p["n_components"] is None and whitening.n_components > cap:
+        log.info("%s: n_components null keeps %d of %d components (one per %d of the %d fitting "
+                 "wells; the numerical rank would overfit)", method.name, cap,
+                 whitening.n_components, WELLS_PER_COMPONENT, n_fit)
+        whitening = Whitening(mean=whitening.mean, feature_scale=whitening.feature_scale,
+                              components=whitening.components[:, :cap],
+                              eigenvalues=whitening.eigenvalues[:cap], reg=whitening.reg)
+    elif whitening.n_components > cap:
+        log.warning("%s: n_components=%d is more than n_fit / %d = %d (%d fitting wells): the "
+                    "trailing components are mostly sampling noise scaled to unit variance and "
+                    "overfit the fitting wells; consider n_components <= %d (or null)", method.name,
+                    whitening.n_components, WELLS_PER_COMPONENT, cap, n_fit, cap)
+    return whitening
 
 
 def _fit_ica_params(method: Method, Z: np.ndarray) -> ICA:
@@ -163,7 +189,8 @@ class Base(Method):
 
 
 class PCA(Method):
-    """Whitened PCA with ``n_components`` components (``None``: the numerical rank)."""
+    """Whitened PCA with ``n_components`` components (``None``: the numerical rank, at most one
+    per 5 fitting wells; see :func:`component_cap`)."""
 
     name = "pca"
     defaults = dict(_PCA_DEFAULTS)
@@ -354,6 +381,28 @@ class TVNICA(TVN):
         self.ica = ICA.from_state(state["ica"])
 
 
+NO_TREATED_WELLS = (
+    "method {method!r} (drop: technical) has no treated wells in its fitting set: it labels a "
+    "component technical when its batch share exceeds its perturbation share, and among control "
+    "wells there is no perturbation variance, so every component with any batch share would be "
+    "dropped. Fit it on all wells or the training batches (postprocess.fit_on: all or "
+    "train_batches), or use drop: batch_share, which needs no treated wells")
+
+
+def check_fit_on(methods: dict, fit_on: str) -> None:
+    """Refuse, before anything runs, configurations whose fitting set cannot work:
+    ``ica_clean`` dropping technical components fitted on control wells only."""
+    if fit_on != "controls":
+        return
+    for name, spec in (methods or {}).items():
+        spec = dict(spec or {})
+        algorithm = spec.get("method", name)
+        drop = spec.get("drop", ICAClean.defaults["drop"])
+        if algorithm == "ica_clean" and drop == "technical":
+            raise ConfigError("config key postprocess.fit_on: 'controls' does not work with "
+                              + NO_TREATED_WELLS.format(method=name))
+
+
 class ICAClean(PCAICA):
     """PCA+ICA with the components attributed to batch removed.
 
@@ -378,6 +427,8 @@ class ICAClean(PCAICA):
                               f"got {p['drop']!r}")
         needed = [p["batch_key"], p["control_key"]] + ([p["bio_key"]] if p["drop"] == "technical" else [])
         _require(obs, needed, self.name)
+        if p["drop"] == "technical" and _controls(obs, p["control_key"]).all():
+            raise InputError("postprocess.fit_on", NO_TREATED_WELLS.format(method=self.name))
         super()._fit(X, obs)
         S = super()._transform(X, obs)
         attribution = component_attribution(
@@ -544,7 +595,7 @@ def fitting_mask(obs: pd.DataFrame, fit_on: str, train_batches=None, *,
 
 #: What every method parameter means (config/README.md lists them per method).
 METHOD_PARAM_DOCS: dict[str, str] = {
-    "n_components": "components kept (null: the numerical rank of the fitting set)",
+    "n_components": "components kept (null: the numerical rank of the fitting set, at most one per 5 fitting wells; more than that logs a warning)",
     "rel_tol": "eigenvalues below this share of the largest count as zero (rank cut-off)",
     "standardize": "z-score every feature on the fitting set first (for CellProfiler features)",
     "seed": "seed of the ICA restarts, the random rotation or Harmony",
