@@ -57,7 +57,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..logs import get_logger, progress
-from .whitening import Whitening, column_moments, fit_whitening
+from .whitening import Whitening, fit_whitening
 
 log = get_logger(__name__)
 
@@ -589,6 +589,22 @@ def _stability(X: np.ndarray, W: np.ndarray, others: list[np.ndarray]) -> np.nda
     return np.median(best, axis=0)
 
 
+def _off_identity(Z: np.ndarray, mean: np.ndarray, chunk_rows: int = 16384) -> float:
+    """max |cov(Z) - I|, from float32 products summed in float64 per row block (accurate to
+    ~1e-6, plenty for the 1e-3 whiteness test, at a third of a float64 covariance's cost)."""
+    import torch
+
+    n, p = Z.shape
+    cross = torch.zeros(p, p, dtype=torch.float64)
+    for start in range(0, n, chunk_rows):
+        # centred in float64 first (inputs can carry large offsets), multiplied in float32
+        block = torch.as_tensor((np.asarray(Z[start:start + chunk_rows], dtype=np.float64) - mean)
+                                .astype(np.float32))
+        cross += (block.T @ block).double()
+    cov = cross.numpy() / (n - 1)
+    return float(np.max(np.abs(cov - np.eye(p))))
+
+
 def _winner(converged: np.ndarray, objectives: np.ndarray) -> int:
     """The converged restart with the largest objective (all restarts when none converged)."""
     candidates = np.flatnonzero(converged) if converged.any() else np.arange(len(objectives))
@@ -684,12 +700,14 @@ def fit_ica(Z: np.ndarray, *, n_components: int | None = None, backend: str = "a
     if dtype not in ("float32", "float64"):
         raise InputError("dtype", f"must be float32 or float64, got {dtype!r}")
     n, p = Z.shape
-    mean, cov = column_moments(Z)
     k = p if n_components is None else int(n_components)
     if not 1 <= k <= p:
         raise InputError("n_components", f"must be between 1 and {p}, got {n_components}")
-    need_white = (k < p or float(np.max(np.abs(cov - np.eye(p)))) > 1e-3) if whiten == "auto" \
-        else bool(whiten)
+    mean = np.asarray(Z.sum(axis=0, dtype=np.float64)) / n
+    if whiten == "auto":
+        need_white = k < p or _off_identity(Z, mean) > 1e-3
+    else:
+        need_white = bool(whiten)
     whitening = None
     if need_white:
         whitening = fit_whitening(Z, n_components=k)
