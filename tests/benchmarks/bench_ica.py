@@ -72,9 +72,9 @@ def run_ours(X: np.ndarray, k: int, tol: float, max_iter: int, seed: int):
     wh = fit_whitening(X, n_components=k)
     ica = fit_ica(wh.transform(X), tol=tol, max_iter=max_iter, seed=seed)
     elapsed = time.perf_counter() - start
-    iters = (f"{ica.n_restarts} restarts on {ica.restart_rows} rows: "
-             f"{'/'.join(str(int(i)) for i in ica.restart_n_iter)}; "
-             f"refine on {X.shape[0]} rows: {ica.refine_n_iter}")
+    stages = "; ".join(f"on {rows} rows {'/'.join(str(int(i)) for i in its)}"
+                       for rows, its in zip(ica.stage_rows, ica.stage_n_iter))
+    iters = f"{ica.n_restarts} restarts {stages}; refine on {X.shape[0]} rows: {ica.refine_n_iter}"
     stab = f"stability min {np.nanmin(ica.stability):.3f}" if np.isfinite(ica.stability).any() else ""
     return {"method": f"phenoica ({ica.backend})", "time": elapsed, "W": ica.unmixing @ wh.projection().T,
             "n_iter": ica.n_iter, "converged": ica.converged, "detail": f"{iters}; {stab}"}
