@@ -100,8 +100,11 @@ LAMBDA_MIN = 0.01
 #: Blocks depend on the rows only, so a restart's sums (and result) do not depend on which
 #: other restarts share the batch.
 CHUNK_ELEMENTS = 1 << 17
-#: On an accelerator, convergence is read back to the host every this many iterations.
+#: Convergence is read back to the host every this many iterations: on an accelerator (no host
+#: sync in between; finished restarts stay frozen until then) and on the CPU (where it costs
+#: nothing, so finished restarts leave the batch at once).
 CHECK_EVERY_DEVICE = 8
+CHECK_EVERY_CPU = 1
 #: Per-iteration work (rows x restarts x k^2) from which the torch loss/gradient pass uses all
 #: torch CPU threads (below: one thread; the k x k algebra always runs on one). Waking a thread
 #: pool costs more than small work, and far more on a busy machine.
@@ -454,7 +457,7 @@ def _picard_torch(Xt, W0: np.ndarray, tol: float, max_iter: int, desc: str,
     R, k, _ = W0.shape
     n = Xt.shape[0]
     f64 = torch.float64
-    check_every = 1 if dev.type == "cpu" else CHECK_EVERY_DEVICE
+    check_every = CHECK_EVERY_CPU if dev.type == "cpu" else CHECK_EVERY_DEVICE
     with _torch_threads(threads):
         second = (Xt.T @ Xt).to(f64) / n                       # E[x x^T] (picard's covariance)
 
