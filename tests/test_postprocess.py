@@ -195,8 +195,12 @@ def test_batch_correction_methods_reduce_batch_variance_of_controls(wells):
     X, obs = wells.X, wells.obs
     before = _control_batch_share(make_method("pca").fit_transform(X, obs), obs)
     assert before > 0.15  # 3 batch factors among ~13 unit-variance components
+    # ica_clean: the removal itself, from the best of 5 restarts with the stability rule off (at
+    # 10 wells per component the restarts split the 3-d batch subspace differently, so the rule
+    # keeps some of its components: test_ica_clean_drops_only_stable_components)
+    clean = {"n_restarts": 5, "stability_threshold": 0.0}
     for name in ("centerscale", "tvn", "combat", "tvn_ica", "ica_clean"):
-        Z = make_method(name, **_params(name)).fit_transform(X, obs)
+        Z = make_method(name, **(clean if name == "ica_clean" else _params(name))).fit_transform(X, obs)
         assert _control_batch_share(Z, obs) < 0.5 * before, name
     # Harmony works on unwhitened PCA scores, where batch dominates; it must reduce that share
     harmony = make_method("harmony", n_components=10).fit(X, obs)
@@ -225,6 +229,53 @@ def test_ica_clean_drops_batch_components(wells):
     assert only_batch.fit_transform(X, obs).shape[1] < full.transform(X, obs).shape[1]
     with pytest.raises(ConfigError, match="drop"):
         make_method("ica_clean", drop="everything").fit(X, obs)
+
+
+def test_ica_clean_drops_only_stable_components(wells, monkeypatch):
+    """A batch component that is unstable across restarts is kept (labelled unstable, not
+    judged); the same component, stable, is dropped."""
+    import phenoica.postprocess.methods as methods_mod
+
+    X, obs = wells.X, wells.obs
+    real = methods_mod.fit_ica
+    target = {}
+
+    def with_stability(*args, **kwargs):
+        fitted = real(*args, **kwargs)
+        fitted.stability = np.ones(fitted.n_components)
+        if "component" in target:
+            fitted.stability[target["component"]] = 0.5
+        return fitted
+
+    monkeypatch.setattr(methods_mod, "fit_ica", with_stability)
+    stable = make_method("ica_clean", **FAST_ICA).fit(X, obs)
+    dropped = sorted(set(range(len(stable.batch_share))) - set(stable.keep))
+    assert dropped
+    target["component"] = dropped[0]
+    unstable = make_method("ica_clean", **FAST_ICA).fit(X, obs)
+    assert dropped[0] in unstable.keep
+    assert sorted(set(stable.keep) | {dropped[0]}) == list(unstable.keep)
+    np.testing.assert_array_equal(unstable.component_stability(), np.where(unstable.keep == dropped[0], 0.5, 1.0))
+    by_share = make_method("ica_clean", drop="batch_share", max_batch_share=0.5, **FAST_ICA).fit(X, obs)
+    if dropped[0] in np.flatnonzero(by_share.batch_share > 0.5):
+        assert dropped[0] in by_share.keep
+
+
+def test_ica_parameters(wells):
+    X, obs = wells.X, wells.obs
+    fitted = make_method("pca_ica", n_components=6).fit(X, obs)
+    assert fitted.params["n_restarts"] == "auto" and fitted.ica.n_restarts >= 5
+    state = fitted.to_state()["ica"]
+    for key in ("stability", "n_restarts", "restart_rows", "restart_objective", "restart_converged",
+                "restart_n_iter", "winner", "refine_n_iter", "stage_rows", "stage_n_iter"):
+        assert key in state, key
+    assert state["stability"].shape == (6,) and np.isfinite(state["stability"]).all()
+    np.testing.assert_array_equal(method_from_state(fitted.to_state()).component_stability(),
+                                  state["stability"])
+    assert make_method("pca").fit(X, obs).component_stability() is None
+    for bad in ({"n_restarts": 0}, {"n_restarts": "many"}, {"stability_threshold": 1.5}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            make_method("pca_ica", **bad).fit(X, obs)
 
 
 def test_methods_report_missing_obs_columns(wells):

@@ -12,6 +12,7 @@ from phenoica.errors import InputError
 from phenoica.metrics.separation import (
     LABEL_CODES,
     SCORE_COLUMNS,
+    UNSTABLE,
     attribution_labels,
     component_attribution,
     compute_scores,
@@ -169,6 +170,35 @@ def test_compute_scores_table(wells):
     assert attribution["label"].astype(str).isin(["technical", "mixed", "biological"]).all()
 
 
+def test_unstable_components_are_not_attributed(wells):
+    """Components below the stability threshold get the label unstable (code NaN), are counted in
+    n_unstable, and their stability is a per-component metric; NaN stability is not unstable."""
+    Z = make_method("pca_ica", **FAST_ICA).fit_transform(wells.X, wells.obs)
+    k = Z.shape[1]
+    names = [f"IC{i + 1}" for i in range(k)]
+    base, base_attr = compute_scores(Z, wells.obs, method="m", names=names, **NO_MIXING)
+    stability = np.linspace(0.5, 1.0, k)
+    stability[-1] = np.nan
+    long, attribution = compute_scores(Z, wells.obs, method="m", names=names, stability=stability,
+                                       stability_threshold=0.8, **NO_MIXING)
+    unstable = np.nan_to_num(stability, nan=1.0) < 0.8
+    assert (attribution["label"].astype(str).to_numpy()[unstable] == UNSTABLE).all()
+    # stable components keep the label they had without a stability index
+    np.testing.assert_array_equal(attribution["label"].astype(str).to_numpy()[~unstable],
+                                  base_attr["label"].astype(str).to_numpy()[~unstable])
+    per = long[long.component != "all"].pivot_table(index="component", columns="metric",
+                                                    values="value", dropna=False).loc[names]
+    assert per["attribution"].isna().to_numpy().tolist() == unstable.tolist()
+    np.testing.assert_allclose(per["stability"].to_numpy(), stability)
+    overall = long[long.component == "all"].set_index("metric")["value"]
+    assert overall["n_unstable"] == unstable.sum()
+    assert sum(overall[f"n_{label}"] for label in ("technical", "mixed", "biological", "unstable")) == k
+    assert base[base.component == "all"].set_index("metric")["value"]["n_unstable"] == 0
+    assert "stability" not in set(base.metric)
+    with pytest.raises(InputError, match="stability"):
+        compute_scores(Z, wells.obs, method="m", stability=stability[:-1], **NO_MIXING)
+
+
 def test_mixing_scores_see_batch_effects():
     rng = np.random.default_rng(0)
     n = 300
@@ -204,6 +234,19 @@ def test_run_scores_writes_the_long_tsv(wells, tmp_path):
     for metric in ("hoyer", "bio_top25_share", "mcc_biology", "mcc_batch", "ilisi", "nmi"):
         assert np.isfinite(overall[metric]), metric
     assert set(table.component) - {"all"} == set(ad.read_h5ad(post).var_names)
+    # no stability index with a single restart: the metric is there, NaN, and nothing is unstable
+    assert table[table.metric == "stability"]["value"].isna().all()
+    assert overall["n_unstable"] == 0
+    # with the default restarts the index comes from the fitted method in uns
+    run_postprocess(str(src), out_path=str(post), method="pca_ica",
+                    params={"stability_threshold": 0.999})
+    run_scores(str(post), out_tsv=str(out), method="pca_ica", bio_key=None, **NO_MIXING)
+    table = pd.read_csv(out, sep="\t")
+    stored = ad.read_h5ad(post).uns["method"]["state"]["ica"]["stability"]
+    per = table[table.metric == "stability"].set_index("component")["value"]
+    np.testing.assert_allclose(per[list(ad.read_h5ad(post).var_names)].to_numpy(), stored)
+    overall = table[table.component == "all"].set_index("metric")["value"]
+    assert overall["n_unstable"] == (stored < 0.999).sum()
     with pytest.raises(InputError, match=r"pca_ica\.h5ad.*mechanism"):
         run_scores(str(post), out_tsv=str(out), method="pca_ica", bio_key="mechanism", **NO_MIXING)
 

@@ -6,7 +6,11 @@ Per component (coordinate)
     nested in batch. Both are chance-corrected (epsilon-squared: between-group sum of squares
     minus its expectation under no effect, over the total; clipped to [0, 1]), so many small
     groups do not inflate them.
-    ``label``: technical / biological / mixed (:func:`attribution_labels`).
+    ``label``: technical / biological / mixed (:func:`attribution_labels`), or ``unstable``
+    for an ICA component whose stability index (matched |corr| across restarts, see
+    :mod:`phenoica.postprocess.ica`) is below the method's ``stability_threshold``: its
+    direction depends on the seed, so it is not judged.
+    ``stability``: that index (ICA methods only).
 Per representation
     Hoyer sparsity, concentration of biological signal in the top 25% of components, variance
     shares of groups of components (:func:`subspace_scores`: batch variance left in the whole
@@ -36,8 +40,10 @@ from .matching import mcc, mcc_split
 log = get_logger(__name__)
 
 LABELS = ("technical", "mixed", "biological")
-#: Numeric encoding of the attribution label in the long scores table.
-LABEL_CODES = {"technical": -1, "mixed": 0, "biological": 1}
+#: Label of components too unstable across ICA restarts to be attributed.
+UNSTABLE = "unstable"
+#: Numeric encoding of the attribution label in the long scores table (``unstable``: NaN).
+LABEL_CODES = {"technical": -1, "mixed": 0, "biological": 1, UNSTABLE: float("nan")}
 #: Columns processed at once (bounds the float64 working copy to n x COLUMN_CHUNK).
 COLUMN_CHUNK = 64
 
@@ -126,12 +132,16 @@ def attribution_labels(batch_share: np.ndarray, perturbation_share: np.ndarray, 
 
 def component_attribution(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = "batch",
                           bio_key: str | None = "perturbation", control_key: str = "is_control",
-                          margin: float, min_share: float, names: list[str] | None = None) -> pd.DataFrame:
+                          margin: float, min_share: float, names: list[str] | None = None,
+                          stability: np.ndarray | None = None,
+                          stability_threshold: float | None = None) -> pd.DataFrame:
     """Per-component batch and biology shares and the technical/biological/mixed label.
 
     ``batch_share`` uses control wells only (NaN without at least two batches of controls);
     ``perturbation_share`` uses all wells, with ``bio_key`` nested in batch (NaN when
-    ``bio_key`` is None).
+    ``bio_key`` is None). With ``stability`` (one value per component) and
+    ``stability_threshold``, components below the threshold are labelled ``unstable`` instead
+    (shares still computed); a NaN stability (unknown) does not make a component unstable.
     """
     Z = np.asarray(Z)
     for col in [batch_key, control_key] + ([bio_key] if bio_key else []):
@@ -151,8 +161,15 @@ def component_attribution(Z: np.ndarray, obs: pd.DataFrame, *, batch_key: str = 
         pert_share = np.full(k, np.nan)
     table = pd.DataFrame({"batch_share": batch_share, "perturbation_share": pert_share},
                          index=names if names is not None else [str(i) for i in range(k)])
-    table["label"] = pd.Categorical(attribution_labels(batch_share, pert_share, margin=margin,
-                                                       min_share=min_share), categories=LABELS)
+    labels = attribution_labels(batch_share, pert_share, margin=margin, min_share=min_share)
+    if stability is not None:
+        stability = np.asarray(stability, dtype=np.float64).reshape(-1)
+        if stability.shape != (k,):
+            raise InputError("stability", f"has {stability.size} values for {k} components")
+        table["stability"] = stability
+        if stability_threshold is not None:
+            labels[np.nan_to_num(stability, nan=np.inf) < float(stability_threshold)] = UNSTABLE
+    table["label"] = pd.Categorical(labels, categories=(*LABELS, UNSTABLE))
     return table
 
 
@@ -336,9 +353,11 @@ SCORE_COLUMNS = ["method", "component", "metric", "value"]
 
 
 def compute_scores(Z: np.ndarray, obs: pd.DataFrame, method: str, names: list[str] | None = None,
-                   truth: dict[str, pd.DataFrame] | None = None, batch_key: str = "batch",
-                   perturbation_key: str = "perturbation", bio_key: str | None = None,
-                   control_key: str = "is_control", timings: dict[str, float] | None = None, *,
+                   truth: dict[str, pd.DataFrame] | None = None,
+                   stability: np.ndarray | None = None, stability_threshold: float | None = None,
+                   batch_key: str = "batch", perturbation_key: str = "perturbation",
+                   bio_key: str | None = None, control_key: str = "is_control",
+                   timings: dict[str, float] | None = None, *,
                    margin: float, min_share: float, top_fraction: float, mixing: bool, max_wells: int,
                    n_neighbors: int, max_labels: int, perplexity: float,
                    seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -352,10 +371,12 @@ def compute_scores(Z: np.ndarray, obs: pd.DataFrame, method: str, names: list[st
     ``component == "all"``) and the per-component attribution table (with the text label).
 
     Per-component metrics: ``batch_share``, ``perturbation_share`` (``perturbation_key`` nested
-    in batch), ``attribution`` (:data:`LABEL_CODES`: -1 technical, 0 mixed, 1 biological).
-    Whole-representation metrics: ``n_components``, ``n_technical``, ``n_mixed``,
-    ``n_biological``, ``hoyer``, ``bio_top<100*top_fraction>_share`` (share of the summed
-    ``perturbation_share`` in the top components), the subspace scores of
+    in batch), ``attribution`` (:data:`LABEL_CODES`: -1 technical, 0 mixed, 1 biological, NaN
+    unstable) and, when ``stability`` is given (ICA methods: the fitted method's
+    ``component_stability()``), ``stability``; components below ``stability_threshold`` are
+    labelled unstable. Whole-representation metrics: ``n_components``, ``n_technical``,
+    ``n_mixed``, ``n_biological``, ``n_unstable``, ``hoyer``, ``bio_top<100*top_fraction>_share``
+    (share of the summed ``perturbation_share`` in the top components), the subspace scores of
     :func:`subspace_scores` (``batch_variance_share``, ``batch_variance_in_bio``,
     ``bio_variance_captured``), ``mcc_<truth>``, ``mcc_<truth>_split`` and ``r2_<truth>``
     (:func:`truth_r2`) per ground-truth table (``truth_biology`` -> ``mcc_biology``), and with
@@ -387,16 +408,19 @@ def compute_scores(Z: np.ndarray, obs: pd.DataFrame, method: str, names: list[st
     controls = obs[control_key].to_numpy().astype(bool)
     attribution = component_attribution(Z, obs, batch_key=batch_key, bio_key=perturbation_key,
                                         control_key=control_key, margin=margin,
-                                        min_share=min_share, names=names)
+                                        min_share=min_share, names=names, stability=stability,
+                                        stability_threshold=stability_threshold)
     lap("attribution")
     rows: list[tuple[str, str, float]] = []
     for name, rec in attribution.iterrows():
         rows.append((name, "batch_share", rec["batch_share"]))
         rows.append((name, "perturbation_share", rec["perturbation_share"]))
         rows.append((name, "attribution", LABEL_CODES[rec["label"]]))
+        if stability is not None:
+            rows.append((name, "stability", rec["stability"]))
     counts = attribution["label"].value_counts()
     rows.append((ALL, "n_components", Z.shape[1]))
-    for label in LABELS:
+    for label in (*LABELS, UNSTABLE):
         rows.append((ALL, f"n_{label}", int(counts.get(label, 0))))
     rows.append((ALL, "hoyer", mean_hoyer(Z, controls)))
     rows.append((ALL, f"bio_top{round(100 * top_fraction)}_share",
@@ -434,7 +458,8 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
 
     ``bio_key``: obs column of the biology label (``labels.biology``; null = the perturbation);
     the keyword-only arguments: the ``scores`` config section. Ground truth is scored when the
-    AnnData has ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``.
+    AnnData has ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``; the ICA stability index
+    and threshold come from the fitted method in ``uns["method"]`` (:func:`method_stability`).
     """
     from ..io import read_h5ad, write_tsv
 
@@ -446,12 +471,32 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
     X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     truth = {key: adata.obsm[key] for key in ("truth_biology", "truth_batch") if key in adata.obsm}
     try:
+        stability, threshold = method_stability(adata.uns)
+        if stability is not None and len(stability) != adata.n_vars:
+            raise InputError("uns", f"the stored method has {len(stability)} stability values for "
+                                    f"{adata.n_vars} components")
         long, _ = compute_scores(X, adata.obs, method=method, names=list(adata.var_names),
-                                 truth=truth, bio_key=bio_key or None, **scores)
+                                 truth=truth, bio_key=bio_key or None, stability=stability,
+                                 stability_threshold=threshold, **scores)
     except InputError as exc:
         raise InputError(postprocessed_path, f"{exc.source}: {exc.problem}") from exc
     write_tsv(long, out_tsv)
     log.info("scores for %s: %d rows -> %s", method, len(long), out_tsv)
+
+
+def method_stability(uns) -> tuple[np.ndarray | None, float | None]:
+    """Per output component, the ICA stability index of the method stored in a post-processed
+    AnnData's ``uns["method"]``, and that method's ``stability_threshold``; ``(None, None)``
+    for methods without ICA (or no stored method)."""
+    if "method" not in uns or "state" not in uns["method"]:
+        return None, None
+    from ..postprocess.run import load_method
+
+    fitted = load_method(uns)
+    stability = fitted.component_stability()
+    if stability is None:
+        return None, None
+    return np.asarray(stability, dtype=np.float64), float(fitted.params["stability_threshold"])
 
 
 # --- batch mixing and biology conservation (rotation invariant) ------------------------------

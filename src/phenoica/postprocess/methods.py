@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import ConfigError, InputError
 from ..logs import get_logger
-from .ica import ICA, fit_ica, random_orthogonal
+from .ica import ICA, STABILITY_THRESHOLD, fit_ica, random_orthogonal
 from .whitening import Whitening, column_moments, fit_whitening
 
 log = get_logger(__name__)
@@ -97,6 +97,11 @@ class Method:
         k = self.n_components_ if k is None else k
         return [f"{self.component_prefix}{i + 1}" for i in range(int(k or 0))]
 
+    def component_stability(self) -> np.ndarray | None:
+        """Per output component, the ICA stability index (:attr:`phenoica.postprocess.ica.ICA.
+        stability`); None for methods without ICA."""
+        return None
+
     def to_state(self) -> dict:
         if not self.fitted:
             raise RuntimeError(f"method {self.name!r} is not fitted")
@@ -127,7 +132,8 @@ class Method:
 # ---------------------------------------------------------------------------------------------
 
 _PCA_DEFAULTS = {"n_components": None, "rel_tol": 1e-5, "standardize": False}
-_ICA_DEFAULTS = {"seed": 0, "backend": "auto", "n_restarts": 3, "tol": 1e-4, "max_iter": 200}
+_ICA_DEFAULTS = {"seed": 0, "backend": "auto", "n_restarts": "auto", "tol": 1e-4, "max_iter": 200,
+                 "stability_threshold": STABILITY_THRESHOLD}
 
 
 #: The default caps the components at one per this many fitting wells; more are warned about.
@@ -164,8 +170,18 @@ def _fit_pca(method: Method, X: np.ndarray, reg: float = 0.0) -> Whitening:
 
 def _fit_ica_params(method: Method, Z: np.ndarray) -> ICA:
     p = method.params
-    return fit_ica(Z, backend=p["backend"], seed=int(p["seed"]), n_restarts=int(p["n_restarts"]),
-                   tol=float(p["tol"]), max_iter=int(p["max_iter"]))
+    restarts = p["n_restarts"]
+    if not (restarts == "auto" or (isinstance(restarts, (int, np.integer)) and not isinstance(restarts, bool)
+                                   and restarts >= 1)):
+        raise ConfigError(f"method {method.name!r}: n_restarts must be 'auto' or an integer >= 1, "
+                          f"got {restarts!r}")
+    threshold = p["stability_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ConfigError(f"method {method.name!r}: stability_threshold must be a number in [0, 1], "
+                          f"got {threshold!r}")
+    return fit_ica(Z, backend=p["backend"], seed=int(p["seed"]), n_restarts=restarts,
+                   tol=float(p["tol"]), max_iter=int(p["max_iter"]),
+                   stability_threshold=float(threshold))
 
 
 class Base(Method):
@@ -222,6 +238,9 @@ class PCAICA(PCA):
 
     def _transform(self, X, obs):
         return self.ica.transform(self.whitening.transform(X))
+
+    def component_stability(self):
+        return self.ica.stability
 
     def _state(self):
         return {**super()._state(), "ica": self.ica.to_state()}
@@ -373,6 +392,9 @@ class TVNICA(TVN):
     def _transform(self, X, obs):
         return self.ica.transform(super()._transform(X, obs))
 
+    def component_stability(self):
+        return self.ica.stability
+
     def _state(self):
         return {**super()._state(), "ica": self.ica.to_state()}
 
@@ -411,6 +433,17 @@ class ICAClean(PCAICA):
     ``drop="technical"`` drops components labelled technical; ``drop="batch_share"`` drops
     components whose batch share on controls exceeds ``max_batch_share`` (needs no biology labels).
     At least one component is always kept.
+
+    Only stable components can be dropped: a component whose ICA stability index is below
+    ``stability_threshold`` is labelled ``unstable`` and **kept**, whatever its batch share.
+    Removing a component claims that its direction carries batch and nothing else; an unstable
+    component's direction is not reproducible (another seed splits that subspace differently and
+    attributes the pieces differently), so there is no basis for the claim. Keeping it also makes
+    the output reproducible: the removed subspace is spanned by stable components only, which
+    every seed finds, so the kept subspace (its orthogonal complement in the whitened space) does
+    not depend on the seed either; dropping unstable components would remove a seed-dependent
+    subspace. The price: batch variance inside unstable components stays, visible in their
+    ``batch_share`` (stored) and in the scores.
     """
 
     name = "ica_clean"
@@ -433,22 +466,28 @@ class ICAClean(PCAICA):
         S = super()._transform(X, obs)
         attribution = component_attribution(
             S, obs, batch_key=p["batch_key"], bio_key=p["bio_key"] if p["drop"] == "technical" else None,
-            control_key=p["control_key"], margin=float(p["margin"]), min_share=float(p["min_share"]))
+            control_key=p["control_key"], margin=float(p["margin"]), min_share=float(p["min_share"]),
+            stability=self.ica.stability, stability_threshold=float(p["stability_threshold"]))
+        stable = (attribution["label"] != "unstable").to_numpy()
         if p["drop"] == "technical":
             drop = (attribution["label"] == "technical").to_numpy()
         else:
-            drop = (attribution["batch_share"].fillna(0) > float(p["max_batch_share"])).to_numpy()
+            drop = stable & (attribution["batch_share"].fillna(0) > float(p["max_batch_share"])).to_numpy()
         if drop.all():
             drop[np.argmin(attribution["batch_share"].fillna(0).to_numpy())] = False
         self.keep = np.flatnonzero(~drop)
         self.batch_share = attribution["batch_share"].to_numpy(dtype=np.float64)
-        log.info("ica_clean: dropping %d of %d components as batch-dominated", int(drop.sum()), len(drop))
+        log.info("ica_clean: dropping %d of %d components as batch-dominated (%d unstable components "
+                 "kept unjudged)", int(drop.sum()), len(drop), int((~stable).sum()))
 
     def _transform(self, X, obs):
         return super()._transform(X, obs)[:, self.keep]
 
     def component_names(self, k=None):
         return [f"IC{i + 1}" for i in self.keep]
+
+    def component_stability(self):
+        return self.ica.stability[self.keep]
 
     def _state(self):
         return {**super()._state(), "keep": self.keep.astype(np.int64), "batch_share": self.batch_share}
@@ -600,8 +639,13 @@ METHOD_PARAM_DOCS: dict[str, str] = {
     "standardize": "z-score every feature on the fitting set first (for CellProfiler features)",
     "seed": "seed of the ICA restarts, the random rotation or Harmony",
     "backend": "ICA implementation: auto (torch), torch, sklearn, picard",
-    "n_restarts": "ICA restarts from random starts; the best by negentropy is kept",
+    "n_restarts": "ICA restarts from random starts, each run to convergence; the converged one with the "
+                  "largest negentropy is kept, the others give each component's stability index. auto: "
+                  "ceil(500 k / n) clipped to 5-20 (more with fewer wells per component)",
     "tol": "ICA convergence tolerance on the unmixing update",
+    "stability_threshold": "ICA components whose stability index (median matched |corr| across restarts) "
+                           "is below this are labelled unstable: attribution does not judge them and "
+                           "ica_clean keeps them",
     "max_iter": "iteration cap (ICA iterations, Harmony rounds)",
     "batch_key": "obs column with the batch",
     "control_key": "obs column flagging control wells",
