@@ -51,7 +51,9 @@ def read_manifest(path: str | os.PathLike, channels: Sequence[str], *,
     if exclude_flagged and "qc_pass" in df.columns:
         df = df[df["qc_pass"].astype(bool)]
         if df.empty:
-            raise InputError(path, "every site is flagged by QC (qc_pass false); nothing to embed")
+            raise InputError(path, "every site is flagged by QC (qc_pass false); nothing to embed "
+                                   "(set qc.exclude_flagged: false, or relax qc.max_saturated_fraction, "
+                                   "qc.max_zero_fraction, qc.min_focus_ratio)")
     return df.reset_index(drop=True)
 
 
