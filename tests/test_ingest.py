@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from phenoica.ingest import focus_score, image_stats, ingest_plate
 from phenoica.io import images as images_module
 from phenoica.io.images import read_image
 from phenoica.sheet import read_plate_sheet, read_platemap
+from phenoica.workflow import run_rule
 
 # examplefly has no well: the leading "01" is read twice (lookahead) as row 1 and column 1, so
 # all three fields belong to well A01, and the site is the POS number (2, 76, 218).
@@ -464,3 +466,86 @@ def test_missing_control_flag_names_the_config_key(tmp_path):
                                          r"ingest\.control_values"):
         read_platemap(platemap)
     assert read_platemap(platemap, control_values=["DMSO"])["is_control"].tolist() == [True, False]
+
+
+def _rule_job(log_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(log=[str(log_path)], rule="ingest_plate", threads=1)
+
+
+def test_run_rule_shows_a_user_error_as_lines_and_keeps_the_traceback_aside(
+        tmp_path, plate, capfd):
+    """A user error: the log ends with one line per problem (what Snakemake's show-failed-logs
+    prints), the chained traceback goes to <log>.traceback, the process exits 1 and prints no
+    traceback."""
+    folder = Path(plate["path"]) / "P1"
+    (folder / "A01_s1_w2.tif").write_bytes(b"II*\x00garbage" * 10)
+    (folder / "A02_s2_w2.tif").unlink()
+    log_path = tmp_path / "logs" / "P1.log"
+    log_path.parent.mkdir()
+    with pytest.raises(SystemExit) as exited:
+        run_rule(_rule_job(log_path), ingest, plate, **outputs(tmp_path))
+    assert exited.value.code == 1
+    console = capfd.readouterr()
+    assert "Traceback" not in console.out + console.err
+    text = log_path.read_text()
+    assert "Traceback" not in text
+    for line in ("A01_s1_w2.tif: corrupt or unreadable image", "well A02 site 2 lacks channel(s)"):
+        assert text.count(line) == 1, text
+    assert f"(Python traceback: {log_path}.traceback)" in text
+    trace = Path(f"{log_path}.traceback").read_text()
+    assert trace.startswith("Traceback") and "phenoica.errors.InputError" in trace
+
+    # a fixed plate: the stale traceback file goes; without a log file errors propagate
+    tifffile.imwrite(folder / "A01_s1_w2.tif", textured(3))
+    tifffile.imwrite(folder / "A02_s2_w2.tif", textured(4))
+    run_rule(_rule_job(log_path), ingest, plate, **outputs(tmp_path))
+    assert not Path(f"{log_path}.traceback").exists()
+    with pytest.raises(InputError):
+        run_rule(SimpleNamespace(log=[], rule="x", threads=1), ingest, {**plate, "platemap": "no.csv"},
+                 **outputs(tmp_path))
+
+
+def test_run_rule_puts_the_traceback_of_a_bug_in_the_log_once(tmp_path, capfd):
+    def broken():
+        return {}["missing"]
+
+    log_path = tmp_path / "bug.log"
+    with pytest.raises(SystemExit):
+        run_rule(_rule_job(log_path), broken)
+    assert log_path.read_text().count("Traceback") == 1 and "KeyError: 'missing'" in log_path.read_text()
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+@pytest.mark.slow
+def test_snakemake_failed_revalidation_keeps_the_plate_and_shows_each_problem_once(tmp_path, plate):
+    """`snakemake ingest` after two files of an ingested plate went bad: the run fails, the
+    plate's earlier manifest and QC stay in place byte for byte, and the console shows each
+    problem once and no Python traceback (that is in logs/ingest/P1.log.traceback)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    sheet = tmp_path / "plates.tsv"
+    pd.DataFrame([plate]).to_csv(sheet, sep="\t", index=False)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(source="plates", plates=str(sheet), channels=CHANNELS)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "ingest"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    published = [tmp_path / "results" / "plates" / "P1" / name for name in ("manifest.parquet", "qc.parquet")]
+    before = {p: p.read_bytes() for p in published}
+
+    folder = Path(plate["path"]) / "P1"
+    (folder / "A01_s1_w2.tif").write_bytes(b"II*\x00garbage" * 10)
+    (folder / "A02_s2_w2.tif").unlink()
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    console = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert {p: p.read_bytes() for p in published} == before, "the earlier manifest/QC were lost"
+    for problem in ("A01_s1_w2.tif: corrupt or unreadable image", "well A02 site 2 lacks channel(s)"):
+        assert console.count(problem) == 1, console[-5000:]
+    assert "Traceback" not in console, console[-5000:]
+    assert "InputError" in (tmp_path / "logs" / "ingest" / "P1.log.traceback").read_text()

@@ -15,6 +15,11 @@ them; without it every site passes and the flags are for information only.
 Plate-map wells without images raise an error unless ``ingest.allow_missing_wells`` (then a
 warning); images of wells absent from the plate map always raise. Every problem of a plate is
 reported at once, one line each.
+
+In the workflow, rule ``ingest_plate`` writes into ``results/plates/<plate>/validated/`` and rule
+``publish_plate`` copies a plate that passed to ``results/plates/<plate>/``: Snakemake deletes a
+job's outputs before running it, so a failed re-validation loses only the ``validated/`` copy
+and the plate's earlier manifest and QC stay where the later stages read them.
 """
 
 from __future__ import annotations
