@@ -35,16 +35,20 @@ rule publish_plate:
     output:
         manifest="results/plates/{plate}/manifest.parquet",
         qc="results/plates/{plate}/qc.parquet",
+    params:
+        # temporary names as phenoica.io.atomic_path makes them (hidden, '.partial')
+        manifest="results/plates/{plate}/.manifest.parquet.publish.partial",
+        qc="results/plates/{plate}/.qc.parquet.publish.partial",
     localrule: True
     log:
         "logs/ingest/{plate}.publish.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        "(cp {input.manifest:q} {output.manifest:q}.partial"
-        " && mv {output.manifest:q}.partial {output.manifest:q}"
-        " && cp {input.qc:q} {output.qc:q}.partial"
-        " && mv {output.qc:q}.partial {output.qc:q}) 2> {log:q}"
+        "(cp {input.manifest:q} {params.manifest:q}"
+        " && mv {params.manifest:q} {output.manifest:q}"
+        " && cp {input.qc:q} {params.qc:q}"
+        " && mv {params.qc:q} {output.qc:q}) 2> {log:q}"
 
 
 rule ingest:
