@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _render_from_args(args: argparse.Namespace) -> str:
+    # names first (they go on sinfo/scontrol command lines), as render_slurm_profile checks them
+    if args.account is not None:
+        check_identifier(args.account, "Slurm account", "--account")
+    check_identifier(args.partition, "Slurm partition", "--partition")
+    if args.gpu_partition is not None:
+        check_identifier(args.gpu_partition, "Slurm partition", "--gpu-partition")
     requested = {key: getattr(args, key) for key in DEFAULTS}
     explicit = {key for key, value in requested.items() if value is not None}
     values = {key: DEFAULTS[key] if value is None else value for key, value in requested.items()}

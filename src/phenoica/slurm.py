@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -123,14 +122,16 @@ def _number(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def partition_names(run: Runner = run_slurm) -> list[str]:
+def partition_names(run: Runner | None = None) -> list[str]:
     """The cluster's partitions (the default one first, as sinfo lists it with '*')."""
+    run = run or run_slurm
     return list(dict.fromkeys(p.strip().rstrip("*") for p in run(["sinfo", "-h", "-o", "%P"]).split()))
 
 
-def partition_limits(partition: str, run: Runner = run_slurm) -> PartitionLimits:
+def partition_limits(partition: str, run: Runner | None = None) -> PartitionLimits:
     """Limits of ``partition`` from ``scontrol show partition`` and ``sinfo -N`` (one line per
     node). Raises InputError naming the partition when the cluster does not have it."""
+    run = run or run_slurm
     names = partition_names(run)
     if partition not in names:
         raise InputError(partition, f"no such Slurm partition; the cluster has: {', '.join(names)}")
@@ -245,8 +246,9 @@ class PendingJob:
         return match.group(1) if match else (self.comment or "?")
 
 
-def pending_jobs(run: Runner = run_slurm, *, workdir: str | None = None) -> list[PendingJob]:
+def pending_jobs(run: Runner | None = None, *, workdir: str | None = None) -> list[PendingJob]:
     """This user's pending jobs (optionally only those submitted from ``workdir``)."""
+    run = run or run_slurm
     text = run(["squeue", "--me", "--noheader", "--states=PENDING", f"--format={SQUEUE_FORMAT}"])
     jobs = []
     for line in text.splitlines():
@@ -279,8 +281,9 @@ def explain(job: PendingJob, limits: PartitionLimits | None) -> str:
             "cluster) or lower the rule's resources (config `resources`)")
 
 
-def stuck_jobs(run: Runner = run_slurm, *, workdir: str | None = None) -> list[tuple[PendingJob, str]]:
+def stuck_jobs(run: Runner | None = None, *, workdir: str | None = None) -> list[tuple[PendingJob, str]]:
     """Pending jobs (of ``workdir``) whose reason can never clear, each with its explanation."""
+    run = run or run_slurm
     found = []
     limits: dict[str, PartitionLimits | None] = {}
     for job in pending_jobs(run, workdir=workdir):
@@ -294,10 +297,11 @@ def stuck_jobs(run: Runner = run_slurm, *, workdir: str | None = None) -> list[t
     return found
 
 
-def cancel_stuck_jobs(run: Runner = run_slurm, *, workdir: str | None = None,
+def cancel_stuck_jobs(run: Runner | None = None, *, workdir: str | None = None,
                       report: Callable[[str], None] | None = None,
                       reported: set[str] | None = None) -> list[str]:
     """Report (once per rule and reason) and scancel every stuck job; returns their ids."""
+    run = run or run_slurm
     cancelled = []
     for job, message in stuck_jobs(run, workdir=workdir):
         key = f"{job.rule}|{job.reason}|{job.cpus}|{job.min_memory}|{job.tres_per_node}"
@@ -319,13 +323,14 @@ def _stderr(message: str) -> None:
 
 
 def watch_slurm_jobs(workflow=None, *, workdir: str | None = None, interval_s: float = 10.0,
-                     run: Runner = run_slurm, report: Callable[[str], None] = _stderr
+                     run: Runner | None = None, report: Callable[[str], None] = _stderr
                      ) -> threading.Thread | None:
     """Start a daemon thread that, every ``interval_s``, reports and cancels this run's pending
     jobs that can never start (jobs submitted from ``workdir``, by default the current folder).
 
     Called from the Snakefile's ``onstart`` with Snakemake's ``workflow``: it starts only in the
-    main Snakemake process of a run with the Slurm executor, and returns None otherwise.
+    main Snakemake process of a run with the Slurm executor, and returns None otherwise. The
+    thread's ``stop`` event ends it.
     """
     if workflow is not None:
         plugin = getattr(workflow, "executor_plugin", None)
@@ -333,15 +338,16 @@ def watch_slurm_jobs(workflow=None, *, workdir: str | None = None, interval_s: f
             return None
     folder = os.path.abspath(workdir or os.getcwd())
     reported: set[str] = set()
+    stop = threading.Event()
 
     def loop() -> None:
-        while True:
-            time.sleep(interval_s)
+        while not stop.wait(interval_s):
             try:
                 cancel_stuck_jobs(run, workdir=folder, report=report, reported=reported)
             except InputError:  # squeue unavailable for a moment: try again next round
                 continue
 
     thread = threading.Thread(target=loop, name="phenoica-slurm-watch", daemon=True)
+    thread.stop = stop  # type: ignore[attr-defined]
     thread.start()
     return thread
