@@ -4,6 +4,7 @@ import time
 
 from snakemake.utils import min_version
 
+from phenoica.slurm import watch_slurm_jobs
 from phenoica.workflow import print_summary_if_updated
 
 min_version("9.0")
@@ -50,6 +51,12 @@ rule all:
         "results/summary.txt",
         REPORT_FIGURES,
     default_target: True
+
+
+# with `--profile slurm`: report and cancel this run's jobs that pend for a reason that can
+# never clear (e.g. more CPUs than a node has), instead of waiting on them forever
+onstart:
+    watch_slurm_jobs(workflow)
 
 
 onsuccess:

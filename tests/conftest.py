@@ -109,6 +109,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     import re
     import threading
 
+    from helpers_slurm import snakemake_run
     from helpers_workflow import PHENOICA, SNAKEMAKE, assert_complete_files, partial_files
 
     root = tmp_path_factory.mktemp("slurm")
@@ -133,11 +134,6 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     targets = [f"results/postprocess/{config['model']['id']}/{method}.h5ad"
                for method in config["postprocess"]["methods"]]
     log_path = root / "snakemake.out"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([SNAKEMAKE, "--profile", "slurm", "--verbose", *targets],
-                                cwd=project.root,
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
     cancelled: dict = {}
 
     def embedding_started() -> bool:
@@ -166,15 +162,17 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
                     return
             time.sleep(0.3)
 
-    watcher = threading.Thread(target=cancel_one_embedding, daemon=True)
-    watcher.start()
-    try:
-        returncode = proc.wait(timeout=40 * 60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=120)
-        returncode = -15
-    watcher.join(timeout=5)
+    # However this ends (Ctrl-C of pytest, the timeout, an error), snakemake_run stops Snakemake
+    # and cancels the run's Slurm jobs before the session goes on.
+    with snakemake_run([SNAKEMAKE, "--profile", "slurm", "--verbose", *targets], cwd=project.root,
+                       env=env, log_path=log_path) as proc:
+        watcher = threading.Thread(target=cancel_one_embedding, daemon=True)
+        watcher.start()
+        try:
+            returncode = proc.wait(timeout=40 * 60)
+        except subprocess.TimeoutExpired:
+            returncode = -15
+        watcher.join(timeout=5)
     output = log_path.read_text()
     match = re.search(r"SLURM run ID: (\S+)", output)
     run_id = match.group(1) if match else ""

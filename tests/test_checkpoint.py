@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -81,15 +82,44 @@ class Gadget:
     """Any class: unpickling it means running import machinery chosen by the file."""
 
 
-def test_pickle_checkpoints_are_refused(tmp_path):
+class SystemCall:
+    """A malicious pickle: unpickling it would call os.system (posix.system on Linux)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_checkpoints_are_refused_with_torchs_reason(tmp_path):
     model = _tiny(in_chans=2)
     torch.save({"model": model}, tmp_path / "module.pt")  # a pickled nn.Module
     with open(tmp_path / "gadget.pkl", "wb") as handle:
         pickle.dump({"weights": Gadget()}, handle, protocol=2)
-    for name in ("module.pt", "gadget.pkl"):
-        with pytest.raises(InputError, match="refusing to load") as err:
+    with open(tmp_path / "evil.pkl", "wb") as handle:
+        pickle.dump({"weights": SystemCall(tmp_path / "ran")}, handle, protocol=2)
+    torch.save({"state_dict": {"w": SystemCall(tmp_path / "ran")}}, tmp_path / "evil.pt")
+    system = f"{os.system.__module__}.system"  # posix.system
+    reasons = {
+        "module.pt": "Unsupported global: GLOBAL phenoica.models.mae.MaskedAutoencoder was not an "
+                     "allowed global by default.",
+        "gadget.pkl": f"Unsupported global: GLOBAL {Gadget.__module__}.Gadget was not an allowed "
+                      "global by default.",
+        "evil.pkl": f"Trying to load unsupported GLOBAL {system} whose module "
+                    f"{os.system.__module__} is blocked.",
+        "evil.pt": f"Trying to load unsupported GLOBAL {system} whose module "
+                   f"{os.system.__module__} is blocked.",
+    }
+    for name, reason in reasons.items():
+        with pytest.raises(InputError) as err:
             load_encoder({"name": "mae_vit_demo", "overrides": TINY}, tmp_path / name)
-        assert name in str(err.value) and "safetensors" in str(err.value)
+        message = str(err.value)
+        assert message.startswith(f"{tmp_path / name}: refused to load:"), message
+        assert f'(torch: "{reason}")' in message, message
+        assert "safetensors" in message and "weights_only=False" not in message
+        assert "add_safe_globals" not in message and "\x1b[" not in message
+    assert not (tmp_path / "ran").exists(), "the pickled os.system call ran"
 
 
 def test_unreadable_and_mismatched_files_have_clear_errors(tmp_path):

@@ -81,7 +81,8 @@ def test_workflow_and_slurm_profiles_share_no_top_level_key():
 def test_install_writes_user_profile_and_refuses_overwrite(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    argv = ["profile", "install", "slurm", "--account", "lab1", "--partition", "cpu"]
+    argv = ["profile", "install", "slurm", "--account", "lab1", "--partition", "cpu",
+            "--no-cluster-check"]
     assert cli.main(argv) == 0
     target = tmp_path / ".config" / "snakemake" / "slurm" / "config.yaml"
     assert yaml.safe_load(target.read_text())["default-resources"]["slurm_account"] == "lab1"
@@ -99,7 +100,8 @@ def test_install_honours_xdg_config_home_and_dest(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     assert cli.user_profile_dir("slurm") == tmp_path / "xdg" / "snakemake" / "slurm"
     dest = tmp_path / "somewhere" / "slurm"
-    argv = ["profile", "install", "slurm", "--account", "a", "--partition", "p", "--dest", str(dest)]
+    argv = ["profile", "install", "slurm", "--account", "a", "--partition", "p", "--dest", str(dest),
+            "--no-cluster-check"]
     assert cli.main(argv) == 0
     assert (dest / "config.yaml").is_file()
 
@@ -113,7 +115,7 @@ def test_bad_identifier_exits_with_message(capsys):
 def test_console_script_is_installed(tmp_path):
     exe = Path(sys.executable).with_name("phenoica")
     out = subprocess.run(
-        [str(exe), "profile", "show", "slurm", "--account", "a", "--partition", "p"],
+        [str(exe), "profile", "show", "slurm", "--account", "a", "--partition", "p", "--no-cluster-check"],
         capture_output=True, text=True, check=True,
     ).stdout
     assert yaml.safe_load(out)["executor"] == "slurm"
@@ -147,7 +149,7 @@ def test_snakemake_finds_installed_profile_as_typed(tmp_path):
     subprocess.run(
         [str(Path(sys.executable).with_name("phenoica")), "profile", "install", "slurm",
          "--account", "lab1", "--partition", "cpu", "--gpu-partition", "gpu",
-         "--cpus-per-gpu", "3"],
+         "--cpus-per-gpu", "3", "--no-cluster-check"],
         env=env, check=True, capture_output=True,
     )
     run = subprocess.run(

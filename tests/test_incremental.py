@@ -17,8 +17,9 @@ from helpers_workflow import REPO, Job, Project, copy_project, make_project
 
 pytestmark = pytest.mark.slow
 
-PER_PLATE_RULES = {"simulate_plate", "ingest_plate", "embed_plate"}
-UPSTREAM_RULES = {"simulate_design", "simulate_plate", "ingest_plate", "train_model", "embed_plate"}
+PER_PLATE_RULES = {"simulate_plate", "ingest_plate", "publish_plate", "embed_plate"}
+UPSTREAM_RULES = {"simulate_design", "simulate_plate", "ingest_plate", "publish_plate", "train_model",
+                  "embed_plate"}
 
 
 def keys(jobs) -> set[str]:
@@ -132,6 +133,6 @@ def test_updating_one_raw_image_reruns_that_plate_only(screen):
     jobs = screen.dry_run(*targets)
     per_plate = [j for j in jobs if "plate" in j.wildcards]
     assert {j.wildcards["plate"] for j in per_plate} == {"P01"}, jobs
-    assert {j.rule for j in per_plate} == {"ingest_plate", "embed_plate"}
+    assert {j.rule for j in per_plate} == {"ingest_plate", "publish_plate", "embed_plate"}
     assert {j.rule for j in jobs} - {j.rule for j in per_plate} == {"collect_wells"}
     assert "raw/images/P01" in find_job(jobs, "ingest_plate", plate="P01").reason

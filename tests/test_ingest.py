@@ -3,11 +3,14 @@ QC flags, atomic outputs and untouched raw inputs."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,12 +19,13 @@ import tifffile
 from helpers_data import FLY, PHENIX, REPO
 from scipy import ndimage
 
-from phenoica.config import schema_defaults
+from phenoica.config import schema_defaults, schema_node
 from phenoica.errors import ConfigError, InputError
 from phenoica.ingest import focus_score, image_stats, ingest_plate
 from phenoica.io import images as images_module
 from phenoica.io.images import read_image
-from phenoica.sheet import read_plate_sheet
+from phenoica.sheet import read_plate_sheet, read_platemap
+from phenoica.workflow import run_rule
 
 # examplefly has no well: the leading "01" is read twice (lookahead) as row 1 and column 1, so
 # all three fields belong to well A01, and the site is the POS number (2, 76, 218).
@@ -233,11 +237,11 @@ MUTATIONS: dict[str, tuple[Callable[[Path, dict], None], type, str]] = {
                                            r"site 2 channel c1"),
     "platemap_well_not_imaged": (lambda f, r: write_platemap(Path(r["platemap"]),
                                                              WELLS + ("H12",)),
-                                 InputError, r"map\.csv: plate P1: 1 plate-map well\(s\) have no "
-                                             r"images: \['H12'\] \(set allow_missing_wells"),
+                                 InputError, r"map\.csv: 1 plate-map well\(s\) have no images: "
+                                             r"\['H12'\] \(set ingest\.allow_missing_wells: true"),
     "image_well_not_in_platemap": (lambda f, r: write_platemap(Path(r["platemap"]), WELLS[:2]),
-                                   InputError, r"plate P1: 1 imaged well\(s\) are not in the plate "
-                                               r"map .*: \['B01'\]"),
+                                   InputError, r"map\.csv: 1 imaged well\(s\) are missing from "
+                                               r"the plate map: \['B01'\]"),
     "unknown_layout": (lambda f, r: r.update(layout="operetta"),
                        ConfigError, r"column 'layout': 'operetta' is not one of the allowed "
                                     r"values: rxrx, phenix, loaddata, pattern"),
@@ -397,3 +401,151 @@ def test_snakemake_ingest_on_a_mixed_sheet(tmp_path):
         assert manifest["site_id"].tolist() == [f"{plate}:C03:3"]
         assert (tmp_path / "results" / "plates" / plate / "qc.parquet").is_file()
     assert sha256_tree(raw) == before
+
+
+def test_every_problem_of_a_plate_is_reported_at_once(tmp_path, plate):
+    """Five different problems in one plate: one InputError, one line per problem, nothing
+    written (the old code stopped at the first)."""
+    folder = Path(plate["path"]) / "P1"
+    (folder / "A01_s1_w2.tif").write_bytes(b"II*\x00garbage" * 10)
+    truncate(folder / "A02_s1_w1.tif")
+    (folder / "A02_s2_w2.tif").unlink()
+    tifffile.imwrite(folder / "B01_s1_w1.tif", textured(1, (32, 40)))
+    write_platemap(Path(plate["platemap"]), WELLS + ("H12",))
+    out = outputs(tmp_path)
+    with pytest.raises(InputError) as err:
+        ingest(plate, **out)
+    head, *lines = str(err.value).splitlines()
+    assert head.endswith("plate P1: 5 problem(s), nothing written:"), head
+    expected = [r"A01_s1_w2\.tif: corrupt or unreadable image",
+                r"A02_s1_w1\.tif: truncated TIFF",
+                r"well A02 site 2 lacks channel\(s\) \['c2'\]",
+                r"B01_s1_w1\.tif: image shape 32x40 differs from 32x32",
+                r"map\.csv: 1 plate-map well\(s\) have no images: \['H12'\]"]
+    assert len(lines) == len(expected), lines
+    for pattern in expected:
+        assert sum(bool(re.search(pattern, line)) for line in lines) == 1, (pattern, lines)
+    assert not Path(out["manifest_path"]).exists() and not Path(out["qc_path"]).exists()
+
+
+def _schema_has_key(dotted: str) -> bool:
+    """Whether ``dotted`` is a full config key path from the top of the schema (a free-form
+    mapping such as ``model.overrides`` accepts any key below it)."""
+    node = schema_node(dotted.split(".")[0])
+    for part in dotted.split(".")[1:]:
+        properties = node.get("properties")
+        if properties is None:
+            return node.get("type") == "object" and node.get("additionalProperties", True) is not False
+        if part not in properties:
+            return False
+        node = properties[part]
+    return True
+
+
+def test_hints_name_the_full_config_key():
+    """Every 'set <key>: <value>' and 'config key <key>' hint in the package names a key by its
+    full path from the top of the config (the old ingest said 'set allow_missing_wells: true'
+    for ingest.allow_missing_wells)."""
+    key = r"([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*)"
+    hint = re.compile(rf"\bset {key}(?::| to\b)|\bconfig key {key}")
+    found = {}
+    for path in sorted((REPO / "src" / "phenoica").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for match in hint.finditer(node.value):
+                    found[match.group(1) or match.group(2)] = f"{path.relative_to(REPO)}:{node.lineno}"
+    assert {"ingest.allow_missing_wells", "ingest.control_values", "qc.exclude_flagged"} <= set(found)
+    bad = {key: where for key, where in found.items() if not _schema_has_key(key)}
+    assert not bad, f"hints naming keys that are not full config paths: {bad}"
+
+
+def test_missing_control_flag_names_the_config_key(tmp_path):
+    platemap = tmp_path / "map.csv"
+    pd.DataFrame({"well": ["A01", "A02"], "perturbation": ["DMSO", "drug"]}).to_csv(platemap, index=False)
+    with pytest.raises(InputError, match=r"map\.csv: no control flag: .*config key "
+                                         r"ingest\.control_values"):
+        read_platemap(platemap)
+    assert read_platemap(platemap, control_values=["DMSO"])["is_control"].tolist() == [True, False]
+
+
+def _rule_job(log_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(log=[str(log_path)], rule="ingest_plate", threads=1)
+
+
+def test_run_rule_shows_a_user_error_as_lines_and_keeps_the_traceback_aside(
+        tmp_path, plate, capfd):
+    """A user error: the log ends with one line per problem (what Snakemake's show-failed-logs
+    prints), the chained traceback goes to <log>.traceback, the process exits 1 and prints no
+    traceback."""
+    folder = Path(plate["path"]) / "P1"
+    (folder / "A01_s1_w2.tif").write_bytes(b"II*\x00garbage" * 10)
+    (folder / "A02_s2_w2.tif").unlink()
+    log_path = tmp_path / "logs" / "P1.log"
+    log_path.parent.mkdir()
+    with pytest.raises(SystemExit) as exited:
+        run_rule(_rule_job(log_path), ingest, plate, **outputs(tmp_path))
+    assert exited.value.code == 1
+    console = capfd.readouterr()
+    assert "Traceback" not in console.out + console.err
+    text = log_path.read_text()
+    assert "Traceback" not in text
+    for line in ("A01_s1_w2.tif: corrupt or unreadable image", "well A02 site 2 lacks channel(s)"):
+        assert text.count(line) == 1, text
+    assert f"(Python traceback: {log_path}.traceback)" in text
+    trace = Path(f"{log_path}.traceback").read_text()
+    assert trace.startswith("Traceback") and "phenoica.errors.InputError" in trace
+
+    # a fixed plate: the stale traceback file goes; without a log file errors propagate
+    tifffile.imwrite(folder / "A01_s1_w2.tif", textured(3))
+    tifffile.imwrite(folder / "A02_s2_w2.tif", textured(4))
+    run_rule(_rule_job(log_path), ingest, plate, **outputs(tmp_path))
+    assert not Path(f"{log_path}.traceback").exists()
+    with pytest.raises(InputError):
+        run_rule(SimpleNamespace(log=[], rule="x", threads=1), ingest, {**plate, "platemap": "no.csv"},
+                 **outputs(tmp_path))
+
+
+def test_run_rule_puts_the_traceback_of_a_bug_in_the_log_once(tmp_path, capfd):
+    def broken():
+        return {}["missing"]
+
+    log_path = tmp_path / "bug.log"
+    with pytest.raises(SystemExit):
+        run_rule(_rule_job(log_path), broken)
+    assert log_path.read_text().count("Traceback") == 1 and "KeyError: 'missing'" in log_path.read_text()
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+@pytest.mark.slow
+def test_snakemake_failed_revalidation_keeps_the_plate_and_shows_each_problem_once(tmp_path, plate):
+    """`snakemake ingest` after two files of an ingested plate went bad: the run fails, the
+    plate's earlier manifest and QC stay in place byte for byte, and the console shows each
+    problem once and no Python traceback (that is in logs/ingest/P1.log.traceback)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    sheet = tmp_path / "plates.tsv"
+    pd.DataFrame([plate]).to_csv(sheet, sep="\t", index=False)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(source="plates", plates=str(sheet), channels=CHANNELS)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "ingest"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    published = [tmp_path / "results" / "plates" / "P1" / name for name in ("manifest.parquet", "qc.parquet")]
+    before = {p: p.read_bytes() for p in published}
+
+    folder = Path(plate["path"]) / "P1"
+    (folder / "A01_s1_w2.tif").write_bytes(b"II*\x00garbage" * 10)
+    (folder / "A02_s2_w2.tif").unlink()
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    console = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert {p: p.read_bytes() for p in published} == before, "the earlier manifest/QC were lost"
+    for problem in ("A01_s1_w2.tif: corrupt or unreadable image", "well A02 site 2 lacks channel(s)"):
+        assert console.count(problem) == 1, console[-5000:]
+    assert "Traceback" not in console, console[-5000:]
+    assert "InputError" in (tmp_path / "logs" / "ingest" / "P1.log.traceback").read_text()

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from helpers_workflow import PHENOICA, SLURM_TASK_ENV_LOG, SNAKEMAKE, assert_identical_results
+from helpers_slurm import group_alive, project_jobs, run_id_of, snakemake_run, wait_for
+from helpers_workflow import PHENOICA, REPO, SLURM_TASK_ENV_LOG, SNAKEMAKE, assert_identical_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -111,9 +114,114 @@ def test_sacct_status_command(slurm_cluster, tmp_path):
     if slurm_cluster.account:
         install += ["--account", slurm_cluster.account]
     subprocess.run(install, env=env, check=True, capture_output=True)
-    run = subprocess.run([SNAKEMAKE, "--profile", "slurm", "--verbose"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "command=sacct" in run.stderr, "status was not queried with sacct"
+    log_path = tmp_path / "snakemake.out"
+    with snakemake_run([SNAKEMAKE, "--profile", "slurm", "--verbose"], cwd=project, env=env,
+                       log_path=log_path) as run:
+        returncode = run.wait(timeout=600)
+    output = log_path.read_text()
+    assert returncode == 0, output[-4000:]
+    assert "command=sacct" in output, "status was not queried with sacct"
     job_ids = {(project / "out" / f"{i}.txt").read_text().strip() for i in (1, 2)}
     assert all(j.isdigit() for j in job_ids) and len(job_ids) == 2  # ran inside Slurm jobs
+
+
+def _toy_project(tmp_path, snakefile: str, slurm_cluster, *install_options: str):
+    """A one-rule project and a home with the Slurm profile as `phenoica profile install slurm`
+    writes it for this cluster (its limits read by sinfo/scontrol)."""
+    project = tmp_path / "toy"
+    project.mkdir()
+    (project / "Snakefile").write_text(snakefile)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SNAKEMAKE_"))}
+    env.pop("XDG_CONFIG_HOME", None)
+    env["HOME"] = str(home)
+    install = [PHENOICA, "profile", "install", "slurm", "--partition", slurm_cluster.cpu_partition,
+               "--gpu-partition", slurm_cluster.gpu_partition, "--status-wait", "2", *install_options]
+    if slurm_cluster.account:
+        install += ["--account", slurm_cluster.account]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, check=True)
+    profile = yaml.safe_load((home / ".config" / "snakemake" / "slurm" / "config.yaml").read_text())
+    return project, env, profile, done.stderr
+
+
+def _node_cpus(partition: str) -> int:
+    return max(int(c) for c in subprocess.run(["sinfo", "-h", "-N", "-p", partition, "-o", "%c"],
+                                              capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_installed_profile_fits_the_partition_and_a_greedy_rule_runs(slurm_cluster, tmp_path):
+    """The profile asks for no more CPUs than a node has (the old one asked for 8 cores and 4
+    CPUs per GPU, and on a 2-CPU node such a job pended for ever with PartitionConfig); a rule
+    that wants 16 threads is scaled down to it and runs."""
+    snakefile = ('rule all:\n    input: "out/greedy.txt"\n'
+                 'rule greedy:\n    output: "out/greedy.txt"\n    threads: 16\n'
+                 '    resources: mem_mb=200, runtime=2\n'
+                 '    shell: "echo $SLURM_CPUS_PER_TASK > {output}"\n')
+    project, env, profile, notes = _toy_project(tmp_path, snakefile, slurm_cluster)
+    cpus = _node_cpus(slurm_cluster.cpu_partition)
+    assert profile["cores"] == min(8, cpus)
+    gpu_cpus = _node_cpus(slurm_cluster.gpu_partition)
+    assert profile["set-resources"]["embed_plate"]["cpus_per_gpu"] == min(4, gpu_cpus)
+    if cpus < 8:
+        assert f"--max-cores lowered from 8 to {cpus}" in notes
+    log_path = tmp_path / "snakemake.out"
+    with snakemake_run([SNAKEMAKE, "--profile", "slurm"], cwd=project, env=env, log_path=log_path) as run:
+        returncode = run.wait(timeout=300)
+    assert returncode == 0, log_path.read_text()[-4000:]
+    assert int((project / "out" / "greedy.txt").read_text()) == min(8, cpus)
+
+
+WATCHED = """
+from phenoica.slurm import watch_slurm_jobs
+
+onstart:
+    watch_slurm_jobs(workflow, interval_s=2)
+
+rule all:
+    input: "out/big.txt"
+
+rule big:
+    output: "out/big.txt"
+    resources: cpus_per_task=64, mem_mb=200, runtime=2
+    shell: "echo $SLURM_JOB_ID > {output}"
+"""
+
+
+def test_a_job_that_can_never_start_is_reported_not_waited_on(slurm_cluster, tmp_path):
+    """A rule asking for more CPUs than any node has: Slurm keeps its job pending
+    (PartitionConfig) for ever; the watcher the workflow starts in onstart explains it and
+    cancels it, so the run fails within minutes instead of hanging silently."""
+    assert "watch_slurm_jobs(workflow)" in (REPO / "Snakefile").read_text()  # the workflow's wiring
+    project, env, _, _ = _toy_project(tmp_path, WATCHED, slurm_cluster)
+    log_path = tmp_path / "snakemake.out"
+    started = time.monotonic()
+    with snakemake_run([SNAKEMAKE, "--profile", "slurm"], cwd=project, env=env, log_path=log_path) as run:
+        returncode = run.wait(timeout=400)
+    output = log_path.read_text()
+    assert returncode != 0, output[-4000:]
+    assert "Slurm job" in output and "(rule big) can never start: pending for 'PartitionConfig'" in output
+    assert "it asks for 64 CPU(s)" in output and f"at most {_node_cpus(slurm_cluster.cpu_partition)} CPUs" \
+        in output, output[-4000:]
+    assert output.count("can never start") == 1  # the retries are cancelled without repeating it
+    assert time.monotonic() - started < 400
+    assert project_jobs(project) == []
+
+
+def test_an_interrupted_run_leaves_no_snakemake_and_no_slurm_job(slurm_cluster, tmp_path):
+    """Ctrl-C of the test suite while a Slurm run is going: the run's Snakemake process group is
+    gone and squeue lists none of its jobs afterwards (an orphaned `snakemake --profile slurm`
+    used to keep submitting)."""
+    snakefile = ('rule all:\n    input: expand("out/{i}.txt", i=[1, 2])\n'
+                 'rule slow:\n    output: "out/{i}.txt"\n    resources: mem_mb=200, runtime=10\n'
+                 '    shell: "sleep 600; touch {output}"\n')
+    project, env, _, _ = _toy_project(tmp_path, snakefile, slurm_cluster, "--max-cores", "1")
+    log_path = tmp_path / "snakemake.out"
+    with pytest.raises(KeyboardInterrupt):
+        with snakemake_run([SNAKEMAKE, "--profile", "slurm"], cwd=project, env=env,
+                           log_path=log_path) as run:
+            assert wait_for(lambda: project_jobs(project), timeout_s=120), log_path.read_text()[-3000:]
+            pgid = run.pid
+            submitted = project_jobs(project)
+            raise KeyboardInterrupt  # what pytest raises on Ctrl-C
+    assert submitted and not group_alive(pgid)
+    assert project_jobs(project, run_id_of(log_path.read_text())) == []

@@ -3,7 +3,14 @@
 ``phenoica profile install slurm --account A --partition P [--gpu-partition G]`` writes a
 Snakemake profile for snakemake-executor-plugin-slurm to ``~/.config/snakemake/slurm/``, one of
 the places Snakemake searches for ``--profile slurm``, so ``snakemake --profile slurm`` works
-as typed from the project folder. ``phenoica profile show slurm ...`` prints it instead.
+as typed from the project folder. ``phenoica profile show slurm ...`` prints it instead. Both
+read the partitions' limits first (``sinfo``, ``scontrol``; :mod:`phenoica.slurm`): defaults
+that ask for more CPUs or memory than one node offers are lowered, and requests given on the
+command line that cannot fit are refused with the numbers (``--no-cluster-check`` skips this,
+e.g. away from the cluster).
+
+``phenoica slurm check [--workdir DIR] [--cancel]`` lists this user's pending jobs that can never
+start (the workflow does this by itself during ``snakemake --profile slurm``).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
+from . import __version__, slurm
 from .errors import InputError, PhenoicaError
 from .identifiers import check_identifier
 from .io.atomic import atomic_write_text
@@ -31,6 +38,9 @@ STATUS_COMMANDS = ("squeue", "sacct", "auto")
 # Rules that run on a GPU in the Slurm profile (they get gpu=1, cpus_per_gpu, the GPU partition).
 # (The synthetic benchmark's small autoencoders train on CPUs.)
 GPU_RULES = ("train_model", "embed_plate", "identifiability_train", "identifiability_embed")
+#: The per-job requests of the Slurm profile when the command line does not set them; lowered
+#: to what the cluster's nodes offer.
+DEFAULTS = {"cpus_per_gpu": 4, "max_cores": 8, "max_mem_mb": 64000}
 
 
 def _gpu_rules_block(gpu_partition: str, gpu_model: str | None, cpus_per_gpu: int) -> str:
@@ -78,6 +88,7 @@ def render_slurm_profile(
     status_wait_s: int = 40,
     max_cores: int = 8,
     max_mem_mb: int = 64000,
+    raise_cores_to_cpus_per_gpu: bool = True,
 ) -> str:
     """Fill the Slurm profile template and return the YAML text.
 
@@ -127,7 +138,8 @@ def render_slurm_profile(
         "jobs": _positive(jobs, "--jobs"),
         "group_size": _positive(group_size, "--group-size"),
         "status_wait": _positive(status_wait_s, "--status-wait"),
-        "max_cores": max(_positive(max_cores, "--max-cores"), int(cpus_per_gpu)),
+        "max_cores": (max(_positive(max_cores, "--max-cores"), int(cpus_per_gpu))
+                      if raise_cores_to_cpus_per_gpu else _positive(max_cores, "--max-cores")),
         "max_mem_mb": _positive(max_mem_mb, "--max-mem-mb"),
         "gpu_spec": f"{gpu_model}:1" if gpu_model else "1",
         "gpu_rules": _gpu_rules_block(gpu_partition, gpu_model, _positive(cpus_per_gpu,
@@ -158,7 +170,9 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition", required=True, help="partition for CPU jobs")
     parser.add_argument("--gpu-partition", help="partition for GPU jobs (default: --partition)")
     parser.add_argument("--gpu-model", help="GPU type as in the cluster's gres.conf (optional)")
-    parser.add_argument("--cpus-per-gpu", type=int, default=4, help="CPU cores per GPU job (4)")
+    parser.add_argument("--cpus-per-gpu", type=int, default=None,
+                        help=f"CPU cores per GPU job ({DEFAULTS['cpus_per_gpu']}, at most what one "
+                        "node of the GPU partition has)")
     parser.add_argument("--jobs", type=int, default=100, help="most Slurm jobs at once (100)")
     parser.add_argument(
         "--group-size", type=int, default=20, help="plates per grouped per-plate CPU job (20)"
@@ -174,10 +188,18 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
         "--status-wait", type=int, default=40, help="seconds before the first status check (40)"
     )
     parser.add_argument(
-        "--max-cores", type=int, default=8, help="most cores one Slurm job asks for (8)"
+        "--max-cores", type=int, default=None,
+        help=f"most cores one Slurm job asks for ({DEFAULTS['max_cores']}, at most what one node "
+        "of the partition has)"
     )
     parser.add_argument(
-        "--max-mem-mb", type=int, default=64000, help="most memory one Slurm job asks for (64000)"
+        "--max-mem-mb", type=int, default=None,
+        help=f"most memory one Slurm job asks for ({DEFAULTS['max_mem_mb']}, at most what one "
+        "node offers)"
+    )
+    parser.add_argument(
+        "--no-cluster-check", action="store_true",
+        help="do not read the partitions' limits with sinfo/scontrol (e.g. away from the cluster)"
     )
 
 
@@ -202,23 +224,82 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--force", action="store_true", help="overwrite an existing profile")
     show = actions.add_parser("show", help="print the profile instead of writing it")
     _add_profile_options(show)
+
+    slurm = commands.add_parser("slurm", help="Slurm helpers")
+    slurm_actions = slurm.add_subparsers(dest="action", required=True)
+    check = slurm_actions.add_parser(
+        "check", help="list your pending Slurm jobs that can never start",
+        description="List this user's pending Slurm jobs whose reason can never clear on the "
+        "cluster as it is (PartitionConfig, per-job limits, a down partition, ...), with what "
+        "each asks for and what its partition offers. Exit status 1 when there are any.")
+    check.add_argument("--workdir", help="only jobs submitted from this folder (a project root)")
+    check.add_argument("--cancel", action="store_true", help="scancel them")
     return parser
 
 
 def _render_from_args(args: argparse.Namespace) -> str:
+    # names first (they go on sinfo/scontrol command lines), as render_slurm_profile checks them
+    if args.account is not None:
+        check_identifier(args.account, "Slurm account", "--account")
+    check_identifier(args.partition, "Slurm partition", "--partition")
+    if args.gpu_partition is not None:
+        check_identifier(args.gpu_partition, "Slurm partition", "--gpu-partition")
+    requested = {key: getattr(args, key) for key in DEFAULTS}
+    explicit = {key for key, value in requested.items() if value is not None}
+    values = {key: DEFAULTS[key] if value is None else value for key, value in requested.items()}
+    checked = False
+    if not args.no_cluster_check:
+        try:
+            gpu_name = args.gpu_partition or args.partition
+            cpu = slurm.partition_limits(args.partition)
+            gpu = cpu if gpu_name == args.partition else slurm.partition_limits(gpu_name)
+        except InputError as err:
+            if err.source is not None and err.source in (args.partition, args.gpu_partition):
+                raise
+            print(f"phenoica: note: could not read the cluster's limits ({err}); the profile's "
+                  "requests are not checked against it", file=sys.stderr)
+        else:
+            for key in DEFAULTS:
+                _positive(values[key], "--" + key.replace("_", "-"))
+            fitted = slurm.fit_profile(**values, explicit=explicit, cpu=cpu, gpu=gpu,
+                                       gpu_model=args.gpu_model)
+            values = {"max_cores": fitted.max_cores, "cpus_per_gpu": fitted.cpus_per_gpu,
+                      "max_mem_mb": fitted.max_mem_mb}
+            for note in fitted.notes:
+                print(f"phenoica: note: {note}", file=sys.stderr)
+            checked = True
     return render_slurm_profile(
         args.account,
         args.partition,
         args.gpu_partition,
         gpu_model=args.gpu_model,
-        cpus_per_gpu=args.cpus_per_gpu,
+        cpus_per_gpu=values["cpus_per_gpu"],
         jobs=args.jobs,
         group_size=args.group_size,
         status_command=args.status_command,
         status_wait_s=args.status_wait,
-        max_cores=args.max_cores,
-        max_mem_mb=args.max_mem_mb,
+        max_cores=values["max_cores"],
+        max_mem_mb=values["max_mem_mb"],
+        raise_cores_to_cpus_per_gpu=not checked,
     )
+
+
+def _slurm_check(args: argparse.Namespace) -> int:
+    workdir = os.path.abspath(args.workdir) if args.workdir else None
+    if args.cancel:
+        messages: list[str] = []
+        cancelled = slurm.cancel_stuck_jobs(workdir=workdir, report=messages.append)
+        for message in messages:
+            print(message)
+        if cancelled:
+            print(f"cancelled Slurm job(s) {' '.join(cancelled)}")
+        return 1 if cancelled else 0
+    stuck = slurm.stuck_jobs(workdir=workdir)
+    for _, message in stuck:
+        print(message)
+    if not stuck:
+        print("no pending job that can never start")
+    return 1 if stuck else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "slurm" and args.action == "check":
+            return _slurm_check(args)
         if args.command == "profile" and args.action == "show":
             sys.stdout.write(_render_from_args(args))
             return 0

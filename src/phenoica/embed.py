@@ -76,6 +76,12 @@ def resolve_embed_config(embed: dict, spec: ModelSpec) -> dict:
     if cfg["per_channel"] and not channel_agnostic:
         raise ConfigError(f"embed.per_channel needs a channel-agnostic model; {spec.name!r} is not")
     cfg["normalization"] = cfg["normalization"] or spec.normalization
+    if spec.input_norm == "self_standardize" and cfg["normalization"] != "none":
+        raise ConfigError(f"embed.normalization: {cfg['normalization']!r} does not fit {spec.name!r}, "
+                          "which divides pixels by 255 and standardises every crop itself "
+                          "(input_norm self_standardize): standardised input would reach it with "
+                          "its contrast shrunk by that standardisation's eps (to about 0.78); "
+                          "leave embed.normalization null (the model's setting, none)")
     return cfg
 
 

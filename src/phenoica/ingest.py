@@ -12,8 +12,14 @@ has too many saturated or zero pixels or a focus ratio below ``min_focus_ratio``
 ``exclude_flagged`` the manifest marks flagged sites ``qc_pass = False`` and the embed stage drops
 them; without it every site passes and the flags are for information only.
 
-Plate-map wells without images raise an error unless ``allow_missing_wells`` (then a warning);
-images of wells absent from the plate map always raise.
+Plate-map wells without images raise an error unless ``ingest.allow_missing_wells`` (then a
+warning); images of wells absent from the plate map always raise. Every problem of a plate is
+reported at once, one line each.
+
+In the workflow, rule ``ingest_plate`` writes into ``results/plates/<plate>/validated/`` and rule
+``publish_plate`` copies a plate that passed to ``results/plates/<plate>/``: Snakemake deletes a
+job's outputs before running it, so a failed re-validation loses only the ``validated/`` copy
+and the plate's earlier manifest and QC stay where the later stages read them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .errors import InputError
 from .io.atomic import atomic_path
 from .io.images import read_image
 from .io.layouts import (
+    IMAGE_TABLE_COLUMNS,
     Channel,
     list_image_paths,
     list_plate_images,
@@ -115,25 +122,15 @@ def image_stats(image: np.ndarray, saturation_value: float | None = None) -> dic
     }
 
 
-def _site_stats(args: tuple[dict, list[Channel], float | None]) -> list[dict]:
-    """Read one site's channel images once; return one QC row per channel (with shape/dtype)."""
-    site, chans, saturation_value = args
-    rows = []
-    for c in chans:
-        path = site[f"path_{c.name}"]
-        image = read_image(path)
-        rows.append({"site_id": site["site_id"], "well": site["well"], "site": site["site"],
-                     "channel": c.name, "path": path, "dtype": str(image.dtype),
-                     "height": image.shape[0], "width": image.shape[1],
-                     **image_stats(image, saturation_value)})
-    return rows
-
-
 def ingest_plate(plate_row: Mapping, channels: Sequence[Mapping], manifest_path: str, qc_path: str,
                  threads: int = 1, *, allow_missing_wells: bool, control_values: Sequence[str],
                  max_saturated_fraction: float, max_zero_fraction: float, min_focus_ratio: float,
                  saturation_value: float | None, exclude_flagged: bool) -> None:
     """Validate one plate and write its manifest and QC table (nothing is written on failure).
+
+    Every problem of the plate is collected (files that do not parse, sites missing a channel,
+    duplicate files, wells missing from or absent in the plate map, unreadable images, images
+    of another shape or dtype) and raised as one :class:`InputError` with one line per problem.
 
     The keyword-only arguments are the ``ingest`` and ``qc`` config sections (config/README.md;
     outside the workflow pass ``**schema_defaults("ingest"), **schema_defaults("qc")``).
@@ -164,17 +161,32 @@ def ingest_plate(plate_row: Mapping, channels: Sequence[Mapping], manifest_path:
     row = check_plate_row(plate_row, channels=chans, source=f"plate {plate_row.get('plate')!r}")
     plate, batch = row["plate"], row["batch"]
     folder = Path(row["path"]) if row["layout"] == "loaddata" else plate_folder(row)
+    problems: list[str] = []  # one "<file>: <problem>" line each
 
-    platemap = read_platemap(row["platemap"], plate=plate, control_values=control_values)
-    images = list_plate_images(row, chans, strict=True)
+    try:
+        platemap = read_platemap(row["platemap"], plate=plate, control_values=control_values)
+    except InputError as err:
+        problems.append(str(err))
+        platemap = None
+    try:
+        images = list_plate_images(row, chans, strict=True, problems=problems)
+    except InputError as err:  # a LoadData CSV that cannot be read as a whole
+        problems.append(str(err))
+        images = pd.DataFrame(columns=IMAGE_TABLE_COLUMNS)
     if images.empty:
-        raise InputError(folder, _nothing_found(row, chans, folder))
-    sites = sites_table(images, chans, folder)
-    _check_wells(sites, platemap, row, folder, allow_missing_wells)
+        if not problems:
+            problems.append(f"{folder}: {_nothing_found(row, chans, folder)}")
+        raise _plate_error(folder, plate, problems)
+    sites = sites_table(images, chans, folder, problems=problems)
+    if platemap is not None:
+        problems += _well_problems(set(images["well"]), platemap, row, folder, allow_missing_wells)
     sites.insert(0, "site_id", [f"{plate}:{w}:{s}" for w, s in zip(sites["well"], sites["site"])])
 
-    qc_table = _read_and_measure(sites, chans, qc_cfg, threads, plate)
-    _check_uniform(qc_table, plate)
+    qc_table = _read_and_measure(sites, chans, qc_cfg, threads, plate, problems)
+    if not qc_table.empty:
+        problems += _uniformity_problems(qc_table)
+    if problems:
+        raise _plate_error(folder, plate, problems)
     qc_table = _flag(qc_table, qc_cfg)
 
     flagged = qc_table.groupby("site_id", sort=False)["flagged"].any()
@@ -187,8 +199,9 @@ def ingest_plate(plate_row: Mapping, channels: Sequence[Mapping], manifest_path:
     n_flagged = int(manifest["qc_flagged"].sum())
     if qc_cfg["exclude_flagged"] and not manifest["qc_pass"].any():
         raise InputError(folder, f"plate {plate}: all {len(manifest)} sites failed QC "
-                                 f"({_flag_summary(qc_table)}); relax the qc thresholds or set "
-                                 "qc.exclude_flagged: false")
+                                 f"({_flag_summary(qc_table)}); relax the thresholds "
+                                 "qc.max_saturated_fraction, qc.max_zero_fraction, "
+                                 "qc.min_focus_ratio or set qc.exclude_flagged: false")
     qc_table.insert(1, "plate", plate)
 
     with atomic_path(manifest_path) as tmp_manifest, atomic_path(qc_path) as tmp_qc:
@@ -197,6 +210,20 @@ def ingest_plate(plate_row: Mapping, channels: Sequence[Mapping], manifest_path:
     log.info("plate %s: %d sites in %d wells, %d channels; %d site(s) flagged by QC%s",
              plate, len(manifest), manifest["well"].nunique(), len(chans), n_flagged,
              " and excluded" if qc_cfg["exclude_flagged"] and n_flagged else "")
+
+
+MAX_LISTED_PROBLEMS = 50
+
+
+def _plate_error(folder: Path, plate: str, problems: list[str]) -> InputError:
+    """One InputError listing every problem of the plate, one line each (the first
+    :data:`MAX_LISTED_PROBLEMS`; the log gets them all)."""
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    if len(problems) > len(shown):
+        log.error("plate %s: all %d problems:\n  %s", plate, len(problems), "\n  ".join(problems))
+        shown = shown + [f"... and {len(problems) - len(shown)} more (all of them are in the log)"]
+    return InputError(folder, f"plate {plate}: {len(problems)} problem(s), nothing written:\n  "
+                              + "\n  ".join(shown))
 
 
 def _nothing_found(row: Mapping[str, str], chans: list[Channel], folder: Path) -> str:
@@ -215,21 +242,23 @@ def _nothing_found(row: Mapping[str, str], chans: list[Channel], folder: Path) -
             f"with channel tokens {tokens}")
 
 
-def _check_wells(sites: pd.DataFrame, platemap: pd.DataFrame, row: Mapping[str, str],
-                 folder: Path, allow_missing_wells: bool) -> None:
-    imaged, mapped = set(sites["well"]), set(platemap["well"])
+def _well_problems(imaged: set[str], platemap: pd.DataFrame, row: Mapping[str, str],
+                   folder: Path, allow_missing_wells: bool) -> list[str]:
+    problems = []
+    mapped = set(platemap["well"])
     unmapped = sorted(imaged - mapped, key=_well_key)
     if unmapped:
-        raise InputError(folder, f"plate {row['plate']}: {len(unmapped)} imaged well(s) are not "
-                                 f"in the plate map {row['platemap']}: {unmapped[:20]}")
+        problems.append(f"{row['platemap']}: {len(unmapped)} imaged well(s) are missing from the "
+                        f"plate map: {unmapped[:20]} (images in {folder})")
     unimaged = sorted(mapped - imaged, key=_well_key)
     if unimaged:
-        message = (f"plate {row['plate']}: {len(unimaged)} plate-map well(s) have no images: "
-                   f"{unimaged[:20]}")
+        message = f"{len(unimaged)} plate-map well(s) have no images: {unimaged[:20]}"
         if not allow_missing_wells:
-            raise InputError(row["platemap"], message + " (set allow_missing_wells: true if "
-                                                        "they were not imaged on purpose)")
-        log.warning("%s: %s", row["platemap"], message)
+            problems.append(f"{row['platemap']}: {message} (set ingest.allow_missing_wells: true "
+                            "if they were not imaged on purpose)")
+        else:
+            log.warning("%s: plate %s: %s", row["platemap"], row["plate"], message)
+    return problems
 
 
 def _well_key(well: str) -> tuple[int, str]:
@@ -237,31 +266,55 @@ def _well_key(well: str) -> tuple[int, str]:
     return len(letters), well
 
 
+def _site_stats(args: tuple[dict, list[Channel], float | None]) -> tuple[list[dict], list[str]]:
+    """Read one site's channel images once: one QC row per channel (with shape/dtype), and one
+    problem line per image that cannot be read (the site then has no rows)."""
+    site, chans, saturation_value = args
+    rows, problems = [], []
+    for c in chans:
+        path = site[f"path_{c.name}"]
+        try:
+            image = read_image(path)
+        except InputError as err:
+            problems.append(str(err))
+            continue
+        rows.append({"site_id": site["site_id"], "well": site["well"], "site": site["site"],
+                     "channel": c.name, "path": path, "dtype": str(image.dtype),
+                     "height": image.shape[0], "width": image.shape[1],
+                     **image_stats(image, saturation_value)})
+    return (rows if not problems else []), problems
+
+
 def _read_and_measure(sites: pd.DataFrame, chans: list[Channel], qc_cfg: Mapping,
-                      threads: int, plate: str) -> pd.DataFrame:
+                      threads: int, plate: str, problems: list[str]) -> pd.DataFrame:
     jobs = [(site, chans, qc_cfg["saturation_value"]) for site in sites.to_dict("records")]
     bar = progress(total=len(jobs), desc=f"ingest {plate}", unit="site")
     rows: list[dict] = []
     with bar, ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         results = pool.map(_site_stats, jobs) if threads > 1 else map(_site_stats, jobs)
-        for site_rows in results:
+        for site_rows, site_problems in results:
             rows += site_rows
+            problems += site_problems
             bar.update(1)
     return pd.DataFrame.from_records(rows)
 
 
-def _check_uniform(qc_table: pd.DataFrame, plate: str) -> None:
-    """All images of a plate share one shape and dtype (the embedder stacks them)."""
-    first = qc_table.iloc[0]
+def _uniformity_problems(qc_table: pd.DataFrame) -> list[str]:
+    """All images of a plate share one shape and dtype (the embedder stacks them): one problem
+    per image that differs from the plate's most common shape or dtype."""
+    problems = []
     for what, cols in (("shape", ["height", "width"]), ("dtype", ["dtype"])):
-        ref = tuple(first[c] for c in cols)
-        differs = qc_table[(qc_table[cols] != pd.Series(ref, index=cols)).any(axis=1)]
-        if not differs.empty:
-            bad = differs.iloc[0]
-            got = tuple(bad[c] for c in cols)
-            raise InputError(bad["path"], f"image {what} {_fmt(got)} differs from {_fmt(ref)} of "
-                                          f"{first['path']} ({len(differs)} image(s) of plate "
-                                          f"{plate} differ)")
+        keys = [tuple(v) for v in qc_table[cols].itertuples(index=False)]
+        counts = pd.Series(keys).value_counts(sort=True)
+        if len(counts) == 1:
+            continue
+        common = counts.index[0]
+        for path, key in zip(qc_table["path"], keys):
+            if key != common:
+                problems.append(f"{path}: image {what} {_fmt(key)} differs from {_fmt(common)} "
+                                f"(the {what} of {counts.iloc[0]} of the plate's {len(keys)} "
+                                "images)")
+    return problems
 
 
 def _fmt(values: tuple) -> str:

@@ -20,11 +20,24 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Send phenoica's log records to stderr (which Snakemake rules redirect to ``log:``)."""
     root = logging.getLogger("phenoica")
     if not any(getattr(h, "_phenoica", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler._phenoica = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, so a redirection made after
+    logging was configured (each ``run_rule`` call sends stderr to its rule's log) is followed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; sys.stderr is used instead
+        pass
 
 
 def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None, **kwargs):

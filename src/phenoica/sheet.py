@@ -343,8 +343,9 @@ def _control_flags(raw: pd.DataFrame, perturbation: pd.Series, src: Path, lines:
         wanted = {str(v) for v in control_values}
         return perturbation.isin(wanted).tolist()
     raise InputError(src, "no control flag: add a boolean is_control column (or JUMP "
-                          "Metadata_control_type with 'negcon'), or configure the control "
-                          f"perturbation values; found columns {list(raw.columns)}")
+                          "Metadata_control_type with 'negcon'), or list the control "
+                          "perturbations in the config key ingest.control_values (e.g. "
+                          f"ingest.control_values: [DMSO]); found columns {list(raw.columns)}")
 
 
 def _maybe_numeric(values: pd.Series) -> pd.Series:

@@ -3,6 +3,13 @@
 Every rule runs a two-line script in ``workflow/scripts/`` that calls :func:`run_rule` with one
 public function of the package. ``run_rule`` sends the function's logging to the rule's
 ``log:`` file, sets the thread count for numpy/torch, and records failures in the log.
+
+Failures are shown once. The workflow profile sets ``show-failed-logs``, so Snakemake prints a
+failed job's log on the console (also for jobs that ran on Slurm). A user error
+(:class:`~phenoica.errors.PhenoicaError`: bad data, sheet or config) ends the log with one
+``ERROR`` line per problem, and its Python traceback (with the chained low-level exception) goes
+to ``<log>.traceback`` beside it; the script exits with status 1 without printing a traceback.
+Any other exception is a bug: its full traceback goes into the log, and so is printed once.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .errors import PhenoicaError
 from .logs import configure_logging, get_logger
 
 
@@ -31,10 +39,24 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def traceback_path(log_path: str | os.PathLike) -> str:
+    """Where :func:`run_rule` writes the Python traceback of a user error: ``<log>.traceback``."""
+    return f"{os.fspath(log_path)}.traceback"
+
+
 def run_rule(smk: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``func(*args, **kwargs)`` for a Snakemake job, logging to the job's first log file."""
+    """Call ``func(*args, **kwargs)`` for a Snakemake job, logging to the job's first log file.
+
+    On a :class:`~phenoica.errors.PhenoicaError` the log gets the message (one line per
+    problem) and :func:`traceback_path` the traceback, and the process exits with status 1
+    (``SystemExit``) without printing a traceback; on any other exception the log gets the
+    full traceback and the process exits with status 1. Without a log file both propagate.
+    """
     log_path = smk.log[0] if len(smk.log) else None
     threads = getattr(smk, "threads", 1)
+    if log_path:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(traceback_path(log_path))  # from an earlier failure
     stream = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
     with contextlib.ExitStack() as stack:
         if stream is not None:
@@ -48,9 +70,19 @@ def run_rule(smk: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -
         start = time.perf_counter()
         try:
             result = func(*args, **kwargs)
+        except PhenoicaError as err:
+            if not log_path:
+                raise
+            trace = traceback_path(log_path)
+            with open(trace, "w") as handle:
+                handle.write(traceback.format_exc())
+            log.error("rule %s failed: %s\n(Python traceback: %s)", smk.rule, err, trace)
+            raise SystemExit(1) from None
         except Exception:
             log.error("rule %s failed:\n%s", smk.rule, traceback.format_exc())
-            raise
+            if not log_path:
+                raise
+            raise SystemExit(1) from None
         finally:
             for handler in logging.getLogger("phenoica").handlers:
                 handler.flush()

@@ -296,11 +296,10 @@ def probe_crops(manifests: Sequence[str | os.PathLike], channels: Sequence[str],
     model's data stage does (``image``/``plate``/``none``); one seeded random tile per site,
     sites drawn evenly across the manifests."""
     from ..models.data import (
+        load_site,
         manifest_path_lists,
-        normalize_site,
         plate_channel_stats,
         read_manifest,
-        read_site,
         tile_site,
     )
 
@@ -311,7 +310,7 @@ def probe_crops(manifests: Sequence[str | os.PathLike], channels: Sequence[str],
         lists = manifest_path_lists(read_manifest(manifest, channels), channels)
         stats = plate_channel_stats(lists) if normalization == "plate" else None
         for index in np.sort(rng.permutation(len(lists))[:per_manifest]):
-            site = normalize_site(read_site(lists[index]), normalization, stats)
+            site = load_site(lists[index], normalization, stats)
             tiles = tile_site(site, crop, crop)
             crops.append(tiles[rng.integers(len(tiles))])
     if len(crops) < 2:

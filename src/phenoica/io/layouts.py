@@ -149,20 +149,22 @@ def plate_folder(plate_row: Mapping) -> Path:
 
 
 def list_plate_images(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[Channel], *,
-                      strict: bool = True) -> pd.DataFrame:
+                      strict: bool = True, problems: list[str] | None = None) -> pd.DataFrame:
     """Table of the plate's image files (columns :data:`IMAGE_TABLE_COLUMNS`), sorted by well,
     site and channel order. No pixels are read.
 
     With ``strict`` (ingest), a matching file whose well or site cannot be parsed, or a LoadData
     CSV that is malformed, raises InputError; without it (listing for Snakemake) such files are
-    skipped and a missing folder or CSV gives an empty table.
+    skipped and a missing folder or CSV gives an empty table. With a ``problems`` list, strict
+    listing appends one ``"<file>: <problem>"`` line per file or CSV line that does not parse
+    and goes on with the others (ingest reports every problem of a plate at once).
     """
     chans = _as_channels(channels)
     layout = str(plate_row.get("layout", ""))
     if layout == "loaddata":
-        records = _loaddata_records(plate_row, chans, strict=strict)
+        records = _loaddata_records(plate_row, chans, strict=strict, problems=problems)
     elif layout in ("rxrx", "phenix", "pattern"):
-        records = _folder_records(plate_row, chans, strict=strict)
+        records = _folder_records(plate_row, chans, strict=strict, problems=problems)
     else:
         raise ConfigError(f"plate {plate_row.get('plate')!r}, column 'layout': {layout!r} is not "
                           f"one of the allowed values: {', '.join(LAYOUTS)}")
@@ -228,7 +230,8 @@ def _as_channels(channels: Sequence[Mapping] | Sequence[Channel]) -> list[Channe
     return parse_channels(channels)  # type: ignore[arg-type]
 
 
-def _folder_records(plate_row: Mapping, chans: list[Channel], *, strict: bool) -> list[dict]:
+def _folder_records(plate_row: Mapping, chans: list[Channel], *, strict: bool,
+                    problems: list[str] | None = None) -> list[dict]:
     layout, plate = str(plate_row["layout"]), str(plate_row["plate"])
     folder = plate_folder(plate_row)
     if layout == "rxrx":
@@ -264,8 +267,10 @@ def _folder_records(plate_row: Mapping, chans: list[Channel], *, strict: bool) -
             continue
         try:
             records.append(_record(groups, name, path))
-        except InputError:
-            if strict:
+        except InputError as err:
+            if strict and problems is not None:
+                problems.append(str(err))
+            elif strict:
                 raise
     if skipped_tokens:
         log.info("plate %s: skipped files with channel token(s) %s not in the channels config",
@@ -328,7 +333,8 @@ def _row_for(well: str, site: int, channel: str, path: str) -> dict:
             "site": site, "channel": channel, "path": str(path)}
 
 
-def _loaddata_records(plate_row: Mapping, chans: list[Channel], *, strict: bool) -> list[dict]:
+def _loaddata_records(plate_row: Mapping, chans: list[Channel], *, strict: bool,
+                      problems: list[str] | None = None) -> list[dict]:
     csv_path, plate = Path(str(plate_row["path"])), str(plate_row["plate"])
     if not csv_path.is_file():
         if strict:
@@ -341,7 +347,7 @@ def _loaddata_records(plate_row: Mapping, chans: list[Channel], *, strict: bool)
             return []
         raise InputError(csv_path, f"cannot read LoadData CSV ({type(exc).__name__}: {exc})") from exc
     try:
-        return _loaddata_rows(table, csv_path, plate, chans)
+        return _loaddata_rows(table, csv_path, plate, chans, problems if strict else None)
     except InputError:
         if strict:
             raise
@@ -349,7 +355,9 @@ def _loaddata_records(plate_row: Mapping, chans: list[Channel], *, strict: bool)
 
 
 def _loaddata_rows(table: pd.DataFrame, csv_path: Path, plate: str,
-                   chans: list[Channel]) -> list[dict]:
+                   chans: list[Channel], problems: list[str] | None = None) -> list[dict]:
+    """Image-table rows of the CSV lines of ``plate``. A line that does not parse raises
+    InputError, or with a ``problems`` list is appended there and skipped."""
     cols = set(table.columns)
     site_col = next((c for c in ("Metadata_Site", "Metadata_Field") if c in cols), None)
     missing = [] if "Metadata_Plate" in cols else ["Metadata_Plate"]
@@ -373,33 +381,46 @@ def _loaddata_rows(table: pd.DataFrame, csv_path: Path, plate: str,
     base = csv_path.parent
     records: list[dict] = []
     for line, row in zip(mine.index + 2, mine.to_dict("records")):
-        where = f"{csv_path}, line {line}"
-        if "Metadata_Well" in row and str(row["Metadata_Well"]).strip():
-            well = normalize_well(row["Metadata_Well"], source=where)
-        else:
-            well = well_from_row_col(row.get("Metadata_Row"), row.get("Metadata_Col"), where)
-        site_text = str(row[site_col]).strip()
-        if not site_text.isdigit():
-            raise InputError(where, f"{site_col} {site_text!r} is not a whole number")
-        for c in chans:
-            file_name = str(row[f"FileName_Orig{c.token}"]).strip()
-            if not file_name:
-                continue  # reported as a missing channel of this site
-            folder = str(row[f"PathName_Orig{c.token}"]).strip()
-            if folder.lower().startswith(REMOTE_PREFIXES) or file_name.lower().startswith(REMOTE_PREFIXES):
-                raise InputError(where, f"remote path {folder or file_name!r} is not supported; "
-                                        "download the images and point PathName_* at them")
-            path = os.path.normpath(os.path.join(base, folder, file_name))
-            records.append(_row_for(well, int(site_text), c.name, path))
+        try:
+            records += _loaddata_line(row, f"{csv_path}, line {line}", site_col, base, chans)
+        except InputError as err:
+            if problems is None:
+                raise
+            problems.append(str(err))
+    return records
+
+
+def _loaddata_line(row: Mapping[str, str], where: str, site_col: str, base: Path,
+                   chans: list[Channel]) -> list[dict]:
+    if "Metadata_Well" in row and str(row["Metadata_Well"]).strip():
+        well = normalize_well(row["Metadata_Well"], source=where)
+    else:
+        well = well_from_row_col(row.get("Metadata_Row"), row.get("Metadata_Col"), where)
+    site_text = str(row[site_col]).strip()
+    if not site_text.isdigit():
+        raise InputError(where, f"{site_col} {site_text!r} is not a whole number")
+    records = []
+    for c in chans:
+        file_name = str(row[f"FileName_Orig{c.token}"]).strip()
+        if not file_name:
+            continue  # reported as a missing channel of this site
+        folder = str(row[f"PathName_Orig{c.token}"]).strip()
+        if folder.lower().startswith(REMOTE_PREFIXES) or file_name.lower().startswith(REMOTE_PREFIXES):
+            raise InputError(where, f"remote path {folder or file_name!r} is not supported; "
+                                    "download the images and point PathName_* at them")
+        path = os.path.normpath(os.path.join(base, folder, file_name))
+        records.append(_row_for(well, int(site_text), c.name, path))
     return records
 
 
 def sites_table(images: pd.DataFrame, channels: Sequence[Mapping] | Sequence[Channel],
-                source: str | os.PathLike) -> pd.DataFrame:
+                source: str | os.PathLike, problems: list[str] | None = None) -> pd.DataFrame:
     """Pivot an image table to one row per site with a ``path_<channel>`` column per channel.
 
     Raises InputError naming ``source`` for duplicate plate/well/site/channel files and for
-    sites that lack a channel (listing what is there).
+    sites that lack a channel (listing what is there). With a ``problems`` list, those go there
+    as ``"<source>: <problem>"`` lines instead, and the table keeps the first of duplicate files
+    and drops incomplete sites, so the rest of the plate can still be checked.
     """
     chans = _as_channels(channels)
     key = ["well", "site", "channel"]
@@ -407,8 +428,12 @@ def sites_table(images: pd.DataFrame, channels: Sequence[Mapping] | Sequence[Cha
     if not dupes.empty:
         lines = [f"well {w} site {s} channel {c}: {', '.join(g['path'])}"
                  for (w, s, c), g in dupes.groupby(key, sort=False)]
-        raise InputError(source, f"{len(lines)} duplicate well/site/channel image(s): "
-                                 + _preview(lines))
+        error = InputError(source, f"{len(lines)} duplicate well/site/channel image(s): "
+                                   + _preview(lines))
+        if problems is None:
+            raise error
+        problems.append(str(error))
+        images = images.drop_duplicates(key, keep="first")
     wide = images.pivot(index=["well", "row", "col", "site"], columns="channel", values="path")
     names = [c.name for c in chans]
     wide = wide.reindex(columns=names)
@@ -419,7 +444,11 @@ def sites_table(images: pd.DataFrame, channels: Sequence[Mapping] | Sequence[Cha
             lacking = [n for n in names if pd.isna(paths[n])]
             present = [os.path.basename(p) for p in paths.dropna()]
             lines.append(f"well {well} site {site} lacks channel(s) {lacking} (has {present})")
-        raise InputError(source, f"{len(lines)} site(s) missing a channel: " + _preview(lines))
+        error = InputError(source, f"{len(lines)} site(s) missing a channel: " + _preview(lines))
+        if problems is None:
+            raise error
+        problems.append(str(error))
+        wide = wide.dropna()
     wide = wide.reset_index().sort_values(["row", "col", "site"], kind="stable")
     wide.columns = ["well", "row", "col", "site"] + [f"path_{n}" for n in names]
     return wide.reset_index(drop=True)

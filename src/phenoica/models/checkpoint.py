@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -82,11 +83,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             with open(p, "rb") as handle:
                 obj = torch.load(handle, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise InputError(p, "refusing to load: the file contains Python objects other than "
+            raise InputError(p, "refused to load: the file contains Python objects other than "
                                 "tensors and plain containers, and unpickling them could run "
-                                f"arbitrary code ({first}). Re-save the weights as a state dict "
-                                "(safetensors preferred) and point the config at that file") from exc
+                                f"arbitrary code (torch: \"{torch_refusal_reason(exc)}\"). Re-save "
+                                "the weights as a state dict (safetensors preferred) and point the "
+                                "config at that file") from exc
         except Exception as exc:
             raise InputError(p, f"cannot read torch checkpoint ({type(exc).__name__}: {exc})") from exc
         state = _unwrap_state_dict(obj, p)
@@ -96,6 +97,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if bad:
         raise InputError(p, f"state dict entries are not tensors: {', '.join(map(str, bad[:_LIST_LIMIT]))}")
     return state
+
+
+_TORCH_BOILERPLATE = ("Weights only load failed", "(1)", "(2)", "Check the documentation",
+                      "In PyTorch 2.6", "Re-running `torch.load`")
+
+
+def torch_refusal_reason(exc: BaseException) -> str:
+    """The specific line of torch's ``weights_only`` refusal (e.g. "Trying to load unsupported
+    GLOBAL posix.system whose module posix is blocked.", "Unsupported global: GLOBAL
+    __main__.Gadget was not an allowed global by default."), without torch's advice to retry
+    with ``weights_only=False`` or to allowlist the global; the whole message when no line
+    names the reason."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        line = line.removeprefix("WeightsUnpickler error:").strip()
+        if "GLOBAL" in line or not line.startswith(_TORCH_BOILERPLATE):
+            return line.split(" Please use ")[0].split(" Please file an issue")[0]
+    return " ".join(lines) or type(exc).__name__
 
 
 def _unwrap_state_dict(obj, source: Path) -> dict[str, torch.Tensor]:

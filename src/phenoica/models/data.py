@@ -4,6 +4,20 @@ normalisation (per image or per plate), tiling and random crops.
 A manifest has one row per site with a ``path_<channel>`` column per channel (see
 docs/architecture.md). Everything here works on numpy arrays in worker processes; the model
 only ever sees float32 tensors.
+
+Image dtypes (what a model sees; README "Image bit depth"): every image is read in its stored
+dtype and converted to float32 with its values unchanged (uint8 0-255, uint16 raw counts, float
+as stored). Then, per ``normalization``:
+
+* ``image`` / ``plate``: each channel is standardised with the site's or the plate's mean and
+  standard deviation, so the stored scale does not matter: a uint16 image, the same values as
+  float, or the image scaled to [0, 1] give the same model input (to float rounding).
+* ``none`` (models that normalise inside, e.g. OpenPhenom, which divides by 255 and standardises
+  every crop channel with eps 1e-5): the values go in as stored, except float images whose
+  pixels all lie in [0, 1] (scikit-image's ``img_as_float`` convention), which are multiplied by
+  :data:`UNIT_FLOAT_SCALE` (65535) so that they give the numbers of the 16-bit image they were
+  made from. Otherwise eps would flatten them: a [0, 1] crop with standard deviation 0.05 would
+  reach OpenPhenom with standard deviation 0.06 instead of 1.
 """
 
 from __future__ import annotations
@@ -51,19 +65,47 @@ def read_manifest(path: str | os.PathLike, channels: Sequence[str], *,
     if exclude_flagged and "qc_pass" in df.columns:
         df = df[df["qc_pass"].astype(bool)]
         if df.empty:
-            raise InputError(path, "every site is flagged by QC (qc_pass false); nothing to embed")
+            raise InputError(path, "every site is flagged by QC (qc_pass false); nothing to embed "
+                                   "(set qc.exclude_flagged: false, or relax qc.max_saturated_fraction, "
+                                   "qc.max_zero_fraction, qc.min_focus_ratio)")
     return df.reset_index(drop=True)
 
 
-def read_site(paths: Sequence[str]) -> np.ndarray:
-    """Stack one image per channel into (C, H, W) float32; all channels must share a shape."""
+#: Float images whose pixels all lie in [0, 1] are multiplied by this before a model that sees
+#: raw intensities (``normalization: none``): the 16-bit scale of the image they came from.
+UNIT_FLOAT_SCALE = 65535.0
+
+
+def read_site(paths: Sequence[str], *, unit_float_scale: float | None = None) -> np.ndarray:
+    """Stack one image per channel into (C, H, W) float32; all channels must share a shape.
+
+    Values are kept as stored, except that with ``unit_float_scale`` a float image whose pixels
+    all lie in [0, 1] is multiplied by it (see the module docstring).
+    """
     planes = [read_image(p) for p in paths]
     shape = planes[0].shape
     for p, plane in zip(paths, planes):
         if plane.shape != shape:
             raise InputError(p, f"image shape {plane.shape} differs from the site's first channel "
                                 f"{paths[0]} {shape}")
+    if unit_float_scale is not None:
+        planes = [plane * np.float32(unit_float_scale) if is_unit_float(plane) else plane
+                  for plane in planes]
     return np.stack(planes).astype(np.float32, copy=False)
+
+
+def is_unit_float(image: np.ndarray) -> bool:
+    """A float image with every pixel in [0, 1]."""
+    return bool(np.issubdtype(image.dtype, np.floating) and image.size
+                and image.min() >= 0 and image.max() <= 1)
+
+
+def load_site(paths: Sequence[str], normalization: str,
+              stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """One site as the model gets it: :func:`read_site` (float images in [0, 1] put on the
+    16-bit scale when ``normalization`` is ``none``), then :func:`normalize_site`."""
+    scale = UNIT_FLOAT_SCALE if normalization == "none" else None
+    return normalize_site(read_site(paths, unit_float_scale=scale), normalization, stats)
 
 
 def normalize_site(img: np.ndarray, mode: str, stats: tuple[np.ndarray, np.ndarray] | None = None
@@ -159,7 +201,7 @@ class SiteTiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SiteError:
         paths = self.path_lists[index]
         try:
-            img = normalize_site(read_site(paths), self.normalization, self.stats)
+            img = load_site(paths, self.normalization, self.stats)
             try:
                 tiles = tile_site(img, self.crop, self.stride)
             except ValueError as exc:
@@ -214,7 +256,7 @@ class SiteCrops(Dataset):
         if self._cache is not None and site in self._cache:
             return self._cache[site]
         paths = self.path_lists[site]
-        img = normalize_site(read_site(paths), self.normalization, self.stats[site])
+        img = load_site(paths, self.normalization, self.stats[site])
         if img.shape[1] < self.crop or img.shape[2] < self.crop:
             raise InputError(paths[0], f"image {img.shape[1]}x{img.shape[2]} is smaller than the "
                                        f"training crop {self.crop}")
