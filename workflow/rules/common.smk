@@ -1,7 +1,7 @@
 # Shared settings and input functions. Functions only; rules live in the other files.
 # Imports here run on every Snakemake start (each dry run, each cluster job): only light modules
 # (no torch, anndata, scipy; tests/test_startup.py checks it).
-from phenoica.config import section_arguments, validate_config
+from phenoica.config import canonical, section_arguments, validate_config
 from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
 from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
 
@@ -14,7 +14,9 @@ SIM_ROOT = config["simulate"]["root"]
 CHANNELS = config["channels"]
 CHANNEL_NAMES = [channel["name"] for channel in CHANNELS]
 MODEL = config["model"]["id"]
-METHODS = list(config["postprocess"]["methods"])
+# sorted: the methods are a set (their order in the config means nothing, so reordering them
+# changes no job and no table)
+METHODS = sorted(config["postprocess"]["methods"])
 
 
 def _load_sheet():

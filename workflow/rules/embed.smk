@@ -9,7 +9,7 @@ if SOURCE == "profiles":
         output:
             wells="results/embeddings/{model}/wells.h5ad",
         params:
-            profiles=config["profiles"],
+            profiles=canonical(config["profiles"]),
         threads: rule_threads("collect_wells")
         resources:
             **rule_resources("collect_wells"),
@@ -29,11 +29,11 @@ else:
         output:
             sites="results/embeddings/{model}/sites/{plate}.h5ad",
         params:
-            model=config["model"],
-            checkpoint=checkpoint_path,
-            embed=config["embed"],
-            channels=CHANNEL_NAMES,
-            exclude_flagged=config["qc"]["exclude_flagged"],
+            model=canonical(config["model"]),
+            checkpoint=lambda wildcards: canonical(checkpoint_path(wildcards)),
+            embed=canonical(config["embed"]),
+            channels=canonical(CHANNEL_NAMES),
+            exclude_flagged=canonical(config["qc"]["exclude_flagged"]),
         threads: rule_threads("embed_plate")
         resources:
             **rule_resources("embed_plate"),
@@ -51,7 +51,7 @@ else:
         output:
             wells="results/embeddings/{model}/wells.h5ad",
         params:
-            aggregate=config["embed"]["aggregate"],
+            aggregate=canonical(config["embed"]["aggregate"]),
         threads: rule_threads("collect_wells")
         resources:
             **rule_resources("collect_wells"),

@@ -23,9 +23,9 @@ rule identifiability_train:
     wildcard_constraints:
         wd="[0-9][0-9.e+-]*",
     params:
-        model=config["model"],
-        train=lambda wildcards: {**IDENT_TRAIN, "weight_decay": float(wildcards.wd)},
-        channels=CHANNEL_NAMES,
+        model=canonical(config["model"]),
+        train=lambda wildcards: canonical({**IDENT_TRAIN, "weight_decay": float(wildcards.wd)}),
+        channels=canonical(CHANNEL_NAMES),
     threads: rule_threads("identifiability_train")
     resources:
         **rule_resources("identifiability_train"),
@@ -46,12 +46,12 @@ rule identifiability_embed:
     wildcard_constraints:
         wd="[0-9][0-9.e+-]*",
     params:
-        model=config["model"],
-        checkpoint=lambda wildcards: ident_model_dir(wildcards.model, wildcards.wd, wildcards.seed),
-        embed=config["embed"],
-        layers=ident_embed_layers(),
-        channels=CHANNEL_NAMES,
-        exclude_flagged=config["qc"]["exclude_flagged"],
+        model=canonical(config["model"]),
+        checkpoint=lambda wildcards: canonical(ident_model_dir(wildcards.model, wildcards.wd, wildcards.seed)),
+        embed=canonical(config["embed"]),
+        layers=canonical(ident_embed_layers()),
+        channels=canonical(CHANNEL_NAMES),
+        exclude_flagged=canonical(config["qc"]["exclude_flagged"]),
     threads: rule_threads("identifiability_embed")
     resources:
         **rule_resources("identifiability_embed"),
@@ -70,8 +70,8 @@ rule identifiability_alignment:
         table="results/identifiability/alignment.tsv",
         figure="results/identifiability/alignment.png",
     params:
-        seeds=IDENT_SEEDS,
-        params=IDENT_PARAMS,
+        seeds=canonical(IDENT_SEEDS),
+        params=canonical(IDENT_PARAMS),
     threads: rule_threads("identifiability_alignment")
     resources:
         **rule_resources("identifiability_alignment"),
@@ -92,11 +92,11 @@ rule identifiability_isometry:
         table="results/identifiability/isometry.tsv",
         figure="results/identifiability/isometry.png",
     params:
-        checkpoints=[ident_model_dir(MODEL, wd, seed) for wd, seed in IDENT_SWEEP],
-        weight_decays=[float(wd) for wd, _ in IDENT_SWEEP],
-        seeds=[seed for _, seed in IDENT_SWEEP],
-        channels=CHANNEL_NAMES,
-        params=IDENT_PARAMS,
+        checkpoints=canonical([ident_model_dir(MODEL, wd, seed) for wd, seed in IDENT_SWEEP]),
+        weight_decays=canonical([float(wd) for wd, _ in IDENT_SWEEP]),
+        seeds=canonical([seed for _, seed in IDENT_SWEEP]),
+        channels=canonical(CHANNEL_NAMES),
+        params=canonical(IDENT_PARAMS),
     threads: rule_threads("identifiability_isometry")
     resources:
         **rule_resources("identifiability_isometry"),

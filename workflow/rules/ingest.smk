@@ -11,10 +11,10 @@ rule ingest_plate:
         manifest="results/plates/{plate}/validated/manifest.parquet",
         qc="results/plates/{plate}/validated/qc.parquet",
     params:
-        row=lambda wildcards: plate_row(wildcards.plate),
-        channels=CHANNELS,
-        qc=config["qc"],
-        ingest=config["ingest"],
+        row=lambda wildcards: canonical(plate_row(wildcards.plate)),
+        channels=canonical(CHANNELS),
+        qc=canonical(config["qc"]),
+        ingest=canonical(config["ingest"]),
     threads: rule_threads("ingest_plate")
     resources:
         **rule_resources("ingest_plate"),

@@ -9,9 +9,9 @@ rule train_model:
         model_config="results/models/{model}/seed{seed}/config.json",
         train_log="results/models/{model}/seed{seed}/train_log.tsv",
     params:
-        model=config["model"],
-        train=train_params(),
-        channels=CHANNEL_NAMES,
+        model=canonical(config["model"]),
+        train=canonical(train_params()),
+        channels=canonical(CHANNEL_NAMES),
     threads: rule_threads("train_model")
     resources:
         **rule_resources("train_model"),

@@ -10,11 +10,11 @@ rule postprocess:
     output:
         adata="results/postprocess/{model}/{method}.h5ad",
     params:
-        algorithm=lambda wildcards: method_spec(wildcards.method)[0],
-        method_params=lambda wildcards: method_spec(wildcards.method)[1],
-        fit_on=config["postprocess"]["fit_on"],
-        train_batches=config["postprocess"]["train_batches"],
-        layer=config["postprocess"]["layer"],
+        algorithm=lambda wildcards: canonical(method_spec(wildcards.method)[0]),
+        method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
+        fit_on=canonical(config["postprocess"]["fit_on"]),
+        train_batches=canonical(config["postprocess"]["train_batches"]),
+        layer=canonical(config["postprocess"]["layer"]),
     threads: rule_threads("postprocess")
     resources:
         **rule_resources("postprocess"),

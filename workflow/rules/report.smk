@@ -31,8 +31,8 @@ rule collect_results:
                     category="3. Held-out-batch benchmarks",
                     labels={"item": "rotation null (TSV)"}),
     params:
-        methods=METHODS,
-        rotation_null=config["rotation_null"],
+        methods=canonical(METHODS),
+        rotation_null=canonical(config["rotation_null"]),
     log:
         "logs/collect_results.log",
     conda:
@@ -54,9 +54,9 @@ rule method_figures:
                            category="1. Post-processing methods", subcategory="{method}",
                            labels={"figure": "component attribution"}),
     params:
-        report=config["report"],
-        labels=config["labels"],
-        seed=SEED,
+        report=canonical(config["report"]),
+        labels=canonical(config["labels"]),
+        seed=canonical(SEED),
     threads: rule_threads("method_figures")
     resources:
         **rule_resources("method_figures"),
@@ -77,7 +77,7 @@ rule scores_report:
         table=report(f"{REPORT_ROOT}/scores_table.html", caption="../report/scores_table.rst",
                      category="2. Separation scores", labels={"item": "table"}),
     params:
-        methods=METHODS,
+        methods=canonical(METHODS),
     threads: rule_threads("scores_report")
     resources:
         **rule_resources("scores_report"),
@@ -99,8 +99,8 @@ rule benchmark_report:
         table=report(f"{REPORT_ROOT}/benchmarks_table.html", caption="../report/benchmarks_table.rst",
                      category="3. Held-out-batch benchmarks", labels={"item": "pooled table"}),
     params:
-        methods=METHODS,
-        tasks=config["benchmark"]["tasks"],
+        methods=canonical(METHODS),
+        tasks=canonical(config["benchmark"]["tasks"]),
     threads: rule_threads("benchmark_report")
     resources:
         **rule_resources("benchmark_report"),

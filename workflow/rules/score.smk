@@ -7,8 +7,8 @@ rule score_separation:
     output:
         scores="results/scores/{model}/{method}.tsv",
     params:
-        scores=config["scores"],
-        labels=config["labels"],
+        scores=canonical(config["scores"]),
+        labels=canonical(config["labels"]),
     threads: rule_threads("score_separation")
     resources:
         **rule_resources("score_separation"),

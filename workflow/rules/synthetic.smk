@@ -28,7 +28,7 @@ rule synthetic_dataset:
     output:
         data="results/synthetic/data/{dataset}.npz",
     params:
-        synthetic=SYN_DATA,
+        synthetic=canonical(SYN_DATA),
     threads: rule_threads("synthetic_dataset")
     resources:
         **rule_resources("synthetic_dataset"),
@@ -47,7 +47,7 @@ rule synthetic_train:
         latents="results/synthetic/latents/{dataset}/{arch}/seed{seed}.h5ad",
         weights="results/synthetic/models/{dataset}/{arch}/seed{seed}.safetensors",
     params:
-        synthetic=SYN_TRAIN,
+        synthetic=canonical(SYN_TRAIN),
     threads: rule_threads("synthetic_train")
     resources:
         **rule_resources("synthetic_train"),
@@ -66,7 +66,7 @@ rule synthetic_score:
     output:
         scores="results/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
     params:
-        synthetic=SYN_SCORE,
+        synthetic=canonical(SYN_SCORE),
     threads: rule_threads("synthetic_score")
     resources:
         **rule_resources("synthetic_score"),
