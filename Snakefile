@@ -10,7 +10,13 @@ from phenoica.workflow import print_summary_if_updated
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# config/config.yaml is the built-in demo, read only when no --configfile is given: a config of
+# your own replaces it whole (keys it leaves out take the schema's defaults, never the demo's), so
+# its lists and sets (postprocess.methods, benchmark.tasks, channels) mean exactly what they say.
+# Several --configfile files are merged in order (later files win key by key).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -276,12 +276,21 @@ REFERENCE_HEADER = """# Configuration reference
 Generated from `workflow/schemas/config.schema.yaml` by `python -m phenoica.config
 config/README.md`; a test keeps the two in step. The workflow validates the config against that
 schema when it loads (`snakemake -n` already fails on a wrong key or value, naming the key and
-what is allowed) and fills in every default listed here, so a config only needs the keys it
-changes. `config/config.yaml` is the built-in demo; `config/examples/` holds a real-data example
-(BBBC021 profiles), cluster-sized settings and the full identifiability run.
+what is allowed) and fills in every default listed here. It then checks what the config names in
+the data (the columns of the plate maps or of a profiles table, the channel tokens of the image
+file names, at least 2 batches for the held-out-batch benchmarks, enough wells for each
+post-processing fit), so a dry run fails with the key, the file and what was found.
 
-Override any key on the command line without editing files, e.g.
-`snakemake --cores 2 --config seed=1` or `--configfile my.yaml` (merged over the demo config).
+**Your own config is complete on its own.** `config/config.yaml` is the built-in demo (simulated
+plates), and Snakemake reads it only when no `--configfile` is given: `snakemake --configfile
+my.yaml` uses `my.yaml` and, for every key it leaves out, the default listed here (never the
+demo's value). So what a config lists is all that runs: `postprocess.methods: {pca: {},
+pca_ica: {}}` plans those two methods, `benchmark.tasks: [auroc]` that task, `channels` those
+channels. Several files layer: `--configfile base.yaml more.yaml` merges `more.yaml` over
+`base.yaml` key by key (mappings such as `postprocess.methods` merge, so a later file adds
+methods; lists and values are replaced). `--config key=value` overrides single keys of either,
+e.g. `snakemake --cores 2 --config seed=1`. `config/examples/` holds complete configs (BBBC021
+profiles, a cluster-sized screen) and one layer (the full identifiability run).
 """
 
 
