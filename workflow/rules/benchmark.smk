@@ -5,6 +5,7 @@ rule benchmark_generalization:
     input:
         wells="results/embeddings/{model}/wells.h5ad",
         relations=relations_inputs,
+        checked=benchmark_checks,
     output:
         benchmarks="results/benchmarks/{model}/{method}.tsv",
     params:

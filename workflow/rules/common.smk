@@ -4,6 +4,7 @@
 from phenoica.config import canonical, section_arguments, validate_config
 from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
 from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
+from phenoica.preflight import DataChecks
 
 # the schema next to these rules, wherever the Snakefile that includes them lives
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -22,6 +23,11 @@ METHODS = sorted(config["postprocess"]["methods"])
 def _load_sheet():
     if SOURCE == "profiles":
         return None
+    if not config["plates"]:
+        from phenoica.errors import ConfigError
+
+        raise ConfigError(f"config key plates: with source {SOURCE!r} name the plate sheet (TSV, one "
+                          "row per plate: plate, batch, layout, path, platemap; README 'Your own plates')")
     from phenoica.sheet import read_plate_sheet
 
     # simulated plates are written by the workflow itself, so their files may not exist yet
@@ -59,9 +65,38 @@ def plate_row(plate):
     return PLATE_ROWS[plate]
 
 
+# What the config names in the data (plate-map and profile columns, channel tokens, batches, wells
+# per fit) is checked while the DAG is built, for the rules that need it: each input function
+# below returns no file and raises a ConfigError naming the key, the file and what was found.
+CHECKS = DataChecks(config, list(PLATE_ROWS.values()))
+if SOURCE == "profiles":
+    CHECKS.columns  # the profiles table's header has every column the profiles section names
+
+
+def postprocess_checks(wildcards):
+    CHECKS.postprocess(wildcards.method)
+    return []
+
+
+def score_checks(wildcards):
+    CHECKS.scores()
+    return []
+
+
+def benchmark_checks(wildcards):
+    CHECKS.benchmark(wildcards.method)
+    return []
+
+
+def figure_checks(wildcards):
+    CHECKS.figures()
+    return []
+
+
 def ingest_inputs(wildcards):
     """The plate map and every raw image of one plate, so touching one image reruns that plate."""
     row = plate_row(wildcards.plate)
+    CHECKS.ingest(row)
     if SOURCE == "simulate":
         return {
             "platemap": f"{SIM_ROOT}/platemaps/{wildcards.plate}.csv",

@@ -61,3 +61,11 @@ else:
             "../../envs/core.yaml"
         script:
             "../scripts/collect_wells.py"
+
+
+# Target `snakemake embed`: every plate embedded and the well-level table, nothing after them
+# (no post-processing, scores or benchmarks).
+rule embed:
+    input:
+        f"results/embeddings/{MODEL}/wells.h5ad",
+        expand("results/embeddings/{model}/sites/{plate}.h5ad", model=MODEL, plate=PLATES),

@@ -7,6 +7,7 @@ check_fit_on(config["postprocess"]["methods"], config["postprocess"]["fit_on"])
 rule postprocess:
     input:
         wells="results/embeddings/{model}/wells.h5ad",
+        checked=postprocess_checks,
     output:
         adata="results/postprocess/{model}/{method}.h5ad",
     params:

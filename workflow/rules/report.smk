@@ -45,6 +45,7 @@ rule method_figures:
     input:
         adata="results/postprocess/{model}/{method}.h5ad",
         scores="results/scores/{model}/{method}.tsv",
+        checked=figure_checks,
     output:
         umap=report(f"{REPORT_ROOT}/methods/{{method}}/umap.png", caption="../report/umap.rst",
                     category="1. Post-processing methods", subcategory="{method}",

@@ -4,6 +4,7 @@
 rule score_separation:
     input:
         adata="results/postprocess/{model}/{method}.h5ad",
+        checked=score_checks,
     output:
         scores="results/scores/{model}/{method}.tsv",
     params:
