@@ -25,9 +25,9 @@ from phenoica.preflight import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Every target of the workflow: the main pipeline, identifiability and the synthetic benchmark,
-#: so that every rule with params is in the DAG.
-ALL_TARGETS = ("all", "identifiability", "synthetic_benchmark")
+#: Every target of the workflow (the main pipeline, identifiability, the synthetic benchmark and
+#: the validation controls), so that every rule with params is in the DAG.
+ALL_TARGETS = ("all", "identifiability", "synthetic_benchmark", "validation")
 
 
 def reordered(value):

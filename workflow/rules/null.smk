@@ -11,13 +11,13 @@ rule rotation_null:
     output:
         null="results/null/{model}/{method}.tsv",
     params:
-        method_params=lambda wildcards: method_spec(wildcards.method)[1],
-        rotation_null=config["rotation_null"],
-        scores=config["scores"],
-        labels=config["labels"],
-        benchmark=config["benchmark"],
-        layer=config["postprocess"]["layer"],
-        fit_on=config["postprocess"]["fit_on"],
+        method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
+        rotation_null=canonical(config["rotation_null"]),
+        scores=canonical(config["scores"]),
+        labels=canonical(config["labels"]),
+        benchmark=canonical(config["benchmark"]),
+        layer=canonical(config["postprocess"]["layer"]),
+        fit_on=canonical(config["postprocess"]["fit_on"]),
     threads: rule_threads("rotation_null")
     resources:
         **rule_resources("rotation_null"),

@@ -7,7 +7,7 @@ rule validation_controls:
         controls="results/validation/controls.tsv",
         checks="results/validation/checks.tsv",
     params:
-        validation=config["validation"],
+        validation=canonical(config["validation"]),
     threads: rule_threads("validation_controls")
     resources:
         **rule_resources("validation_controls"),
