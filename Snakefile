@@ -5,7 +5,7 @@ import time
 from snakemake.utils import min_version
 
 from phenoica.slurm import watch_slurm_jobs
-from phenoica.workflow import print_summary_if_updated
+from phenoica.workflow import print_summary_if_updated, remove_outdated_outputs
 
 min_version("9.0")
 
@@ -59,9 +59,36 @@ rule all:
     default_target: True
 
 
-# with `--profile slurm`: report and cancel this run's jobs that pend for a reason that can
-# never clear (e.g. more CPUs than a node has), instead of waiting on them forever
+# The rules whose outputs results/phenoica.h5ad, the long tables and the summary (collect_results)
+# summarise: a run that reruns any of them removes those aggregates first, so that a run that
+# fails or stops early (snakemake embed) never leaves the old ones looking current.
+AGGREGATED_RULES = [
+    "simulate_design",
+    "simulate_plate",
+    "ingest_plate",
+    "publish_plate",
+    "train_model",
+    "embed_plate",
+    "collect_wells",
+    "collect_profiles",
+    "postprocess",
+    "score_separation",
+    "benchmark_generalization",
+    "rotation_null",
+    "collect_results",
+]
+
+
+# At the start of a run (not a dry run): remove the aggregates this run makes outdated; with
+# `--profile slurm`, report and cancel this run's jobs that pend for a reason that can never clear
+# (e.g. more CPUs than a node has), instead of waiting on them forever.
 onstart:
+    if not workflow.touch:
+        remove_outdated_outputs(
+            [job.rule.name for job in workflow.dag.needrun_jobs()],
+            AGGREGATED_RULES,
+            rules.collect_results.output,
+        )
     watch_slurm_jobs(workflow)
 
 

@@ -338,3 +338,55 @@ def test_constants_match_the_code_they_describe():
     assert DEFAULT_MIN_CONTROLS == _CONTROL_DEFAULTS["min_controls"]
     assert set(PER_BATCH_CONTROL_METHODS) == {name for name, cls in METHODS.items()
                                               if "min_controls" in cls.defaults}
+
+
+# -------------------------------------------------------- 8. runs that do not collide
+
+
+def test_a_failed_run_leaves_no_outdated_aggregate(tmp_path):
+    """The reviewer's case: after a failed run of changed data, results/phenoica.h5ad (and the
+    summary) were still the previous run's, ready to be mistaken for the new ones."""
+    project = make_project(tmp_path / "p")
+    touch_all_outputs(project, "all")
+    aggregates = ["phenoica.h5ad", "scores.tsv", "benchmarks.tsv", "null_rotations.tsv", "summary.txt"]
+    assert all((project.results() / name).is_file() for name in aggregates)
+    # a corrected plate map: that plate is re-ingested, and ingest fails (the touched image
+    # folder is empty), long before collect_results
+    write_platemap(project.results() / "simulated" / "platemaps" / "P01.csv", extra="mechanism", wells=11)
+    run = project.run(check=False)
+    assert run.returncode != 0
+    assert "Removed results/phenoica.h5ad" in run.stderr
+    assert not [name for name in aggregates if (project.results() / name).exists()]
+
+
+def test_remove_outdated_outputs_only_when_an_upstream_rule_reruns(tmp_path):
+    from phenoica.workflow import remove_outdated_outputs
+
+    outputs = [tmp_path / "phenoica.h5ad", tmp_path / "summary.txt"]
+    for path in outputs:
+        path.write_text("old")
+    assert remove_outdated_outputs(["method_figures", "scores_report"], ["postprocess"], outputs) == []
+    assert all(path.exists() for path in outputs)
+    removed = remove_outdated_outputs(["embed_plate"], ["embed_plate", "postprocess"], outputs)
+    assert removed == [str(path) for path in outputs] and not any(path.exists() for path in outputs)
+
+
+def test_aggregated_rules_are_the_rules_before_collect_results(tmp_path):
+    """The Snakefile's AGGREGATED_RULES: every rule the aggregates of collect_results depend on,
+    for images (simulated here) and for a profiles table."""
+    import re
+
+    text = (REPO / "Snakefile").read_text()
+    listed = set(re.findall(r'"(\w+)"', re.search(r"AGGREGATED_RULES = \[(.*?)\]", text, re.S).group(1)))
+    # with a PCA+Rand output, which the rotation null rescores
+    project = make_project(tmp_path / "p", overrides={"postprocess": {"methods": {
+        "pca_ica": {"n_components": 4}, "pca_rand": {"n_components": 4}}}})
+    images = {job.rule for job in project.dry_run("results/phenoica.h5ad")}
+    assert images == listed - {"collect_profiles"}
+    table = project.root / "profiles.csv"
+    table.write_text("Metadata_Plate,Metadata_Well,Metadata_Batch,Metadata_Compound,f1,f2\n"
+                     "P1,A01,W1,DMSO,0.1,0.2\nP1,A02,W1,c1,0.3,0.1\n")
+    write_config(project, {"source": "profiles", "profiles": {"path": "profiles.csv"}})
+    profiles = {job.rule for job in project.dry_run("results/phenoica.h5ad", "--configfile", "my.yaml")}
+    assert profiles == listed - {"simulate_design", "simulate_plate", "ingest_plate", "train_model",
+                                 "embed_plate", "collect_wells"}

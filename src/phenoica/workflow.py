@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import PhenoicaError
@@ -104,3 +104,26 @@ def print_summary_if_updated(path: str | os.PathLike, since: float) -> bool:
         return False
     print(f"\n{text.rstrip()}\n(summary: {os.fspath(path)})", flush=True)
     return True
+
+
+def remove_outdated_outputs(planned_rules: Iterable[str], upstream_rules: Iterable[str],
+                            outputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Remove ``outputs`` (aggregates such as ``results/phenoica.h5ad`` and the run summary) at
+    the start of a run that reruns any of ``upstream_rules`` (the rules whose outputs they
+    summarise), whatever the run's target: after it they would describe data that changed, and
+    a run that fails (or stops at ``snakemake embed``) would leave them in place, ready to be
+    mistaken for results of the new data. They come back when a run reaches their rule.
+
+    ``planned_rules``: the rules of the jobs this run will execute. Returns the removed paths.
+    """
+    if not set(planned_rules) & set(upstream_rules):
+        return []
+    removed = []
+    for path in map(os.fspath, outputs):
+        if os.path.lexists(path):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        print(f"Removed {', '.join(removed)}: this run changes what they summarise (a rule before "
+              "them reruns); they are rebuilt when the run reaches them.", file=sys.stderr, flush=True)
+    return removed
