@@ -5,7 +5,11 @@ import time
 from snakemake.utils import min_version
 
 from phenoica.slurm import watch_slurm_jobs
-from phenoica.workflow import print_summary_if_updated, remove_outdated_outputs
+from phenoica.workflow import (
+    print_summary_if_updated,
+    record_results_folder,
+    remove_outdated_outputs,
+)
 
 min_version("9.0")
 
@@ -26,6 +30,14 @@ WORKFLOW_STARTED = time.time()
 
 
 include: "workflow/rules/common.smk"
+
+
+# The rules' paths start with <results>/ and <logs>/: this config's results folder (config key
+# results; the demo's is results) and its logs folder, <results>/logs.
+pathvars:
+    results=RESULTS,
+    logs=LOGS,
+
 
 
 wildcard_constraints:
@@ -50,16 +62,16 @@ include: "workflow/rules/validation.smk"
 
 rule all:
     input:
-        "results/phenoica.h5ad",
-        "results/scores.tsv",
-        "results/benchmarks.tsv",
-        "results/null_rotations.tsv",
-        "results/summary.txt",
+        "<results>/phenoica.h5ad",
+        "<results>/scores.tsv",
+        "<results>/benchmarks.tsv",
+        "<results>/null_rotations.tsv",
+        "<results>/summary.txt",
         REPORT_FIGURES,
     default_target: True
 
 
-# The rules whose outputs results/phenoica.h5ad, the long tables and the summary (collect_results)
+# The rules whose outputs <results>/phenoica.h5ad, the long tables and the summary (collect_results)
 # summarise: a run that reruns any of them removes those aggregates first, so that a run that
 # fails or stops early (snakemake embed) never leaves the old ones looking current.
 AGGREGATED_RULES = [
@@ -79,10 +91,12 @@ AGGREGATED_RULES = [
 ]
 
 
-# At the start of a run (not a dry run): remove the aggregates this run makes outdated; with
+# At the start of a run (not a dry run): record which data the results folder holds, remove the
+# aggregates this run makes outdated; with
 # `--profile slurm`, report and cancel this run's jobs that pend for a reason that can never clear
 # (e.g. more CPUs than a node has), instead of waiting on them forever.
 onstart:
+    record_results_folder(RESULTS, RESULTS_DATA)
     if not workflow.touch:
         remove_outdated_outputs(
             [job.rule.name for job in workflow.dag.needrun_jobs()],
@@ -93,4 +107,4 @@ onstart:
 
 
 onsuccess:
-    print_summary_if_updated("results/summary.txt", WORKFLOW_STARTED)
+    print_summary_if_updated(f"{RESULTS}/summary.txt", WORKFLOW_STARTED)

@@ -390,3 +390,26 @@ def test_aggregated_rules_are_the_rules_before_collect_results(tmp_path):
     profiles = {job.rule for job in project.dry_run("results/phenoica.h5ad", "--configfile", "my.yaml")}
     assert profiles == listed - {"simulate_design", "simulate_plate", "ingest_plate", "train_model",
                                  "embed_plate", "collect_wells"}
+
+
+def test_own_data_and_the_demo_live_side_by_side(tmp_path):
+    """The reviewer's case: a config for one's own plates written in the demo's results folder
+    planned to retrain and overwrite the demo. A folder that holds the demo's outputs now refuses
+    other data; a results folder of its own keeps both."""
+    project = own_project(tmp_path / "p")
+    touch_all_outputs(project, "all")  # the demo's run (config/config.yaml): results/
+    record = (project.results() / "data.yaml").read_text()
+    assert "source: \"simulate\"" in record and "data: \"config/plates.tsv\"" in record
+    output = failed_dry_run(project, "--configfile", "my.yaml")
+    assert ("config key results: the folder results holds the outputs of other data (source "
+            "'simulate', plate sheet 'config/plates.tsv'; recorded in results/data.yaml), this "
+            "config's are source 'plates', 'my_plates.tsv'. Give this config a results folder of its "
+            "own (e.g. results: results_my_plates)") in output
+    config = yaml.safe_load((project.root / "my.yaml").read_text())
+    write_config(project, {**config, "results": "results_mine"})
+    jobs = project.dry_run("--configfile", "my.yaml")
+    paths = [path for job in jobs for path in job.output]
+    assert paths and all(path.startswith("results_mine/") for path in paths), paths
+    logs = project.snakemake("-n", "--configfile", "my.yaml").stdout
+    assert "log: results_mine/logs/ingest/P1.log" in logs
+    assert project.dry_run() == []  # the demo is untouched and complete

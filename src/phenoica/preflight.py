@@ -388,7 +388,7 @@ class DataChecks:
                     f"part of the default target) need at least 2 batches; the plate sheet "
                     f"{self.sheet} has 1 ({batches[0]!r} in column batch, plates {_files(plates)}). "
                     "Add plates of another batch, or stop before the benchmarks: `snakemake embed`, "
-                    "or a method's results/postprocess/<model>/<method>.h5ad"])
+                    f"or a method's {self.config['results']}/postprocess/<model>/<method>.h5ad"])
         wells = self.plate_wells()
         if wells is None or not _leave_one_batch_out(bench, len(batches)):
             return

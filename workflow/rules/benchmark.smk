@@ -3,11 +3,11 @@
 
 rule benchmark_generalization:
     input:
-        wells="results/embeddings/{model}/wells.h5ad",
+        wells="<results>/embeddings/{model}/wells.h5ad",
         relations=relations_inputs,
         checked=benchmark_checks,
     output:
-        benchmarks="results/benchmarks/{model}/{method}.tsv",
+        benchmarks="<results>/benchmarks/{model}/{method}.tsv",
     params:
         algorithm=lambda wildcards: canonical(method_spec(wildcards.method)[0]),
         method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
@@ -19,7 +19,7 @@ rule benchmark_generalization:
     resources:
         **rule_resources("benchmark_generalization"),
     log:
-        "logs/benchmark/{model}/{method}.log",
+        "<logs>/benchmark/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

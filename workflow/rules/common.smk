@@ -1,13 +1,25 @@
 # Shared settings and input functions. Functions only; rules live in the other files.
 # Imports here run on every Snakemake start (each dry run, each cluster job): only light modules
 # (no torch, anndata, scipy; tests/test_startup.py checks it).
+import os
+
 from phenoica.config import canonical, section_arguments, validate_config
 from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
 from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
 from phenoica.preflight import DataChecks
+from phenoica.workflow import check_results_folder, results_data
 
 # the schema next to these rules, wherever the Snakefile that includes them lives
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+# Every output of this config goes under RESULTS (config key results), every log under LOGS: the
+# rules' paths start with <results>/ and <logs>/ (Snakemake pathvars, set in the Snakefile), and
+# Python code that builds a path for params uses RESULTS. A folder that holds the outputs of other
+# data is refused (phenoica.workflow.check_results_folder).
+RESULTS = os.path.normpath(config["results"])
+LOGS = f"{RESULTS}/logs"
+RESULTS_DATA = results_data(config)
+check_results_folder(RESULTS, RESULTS_DATA)
 
 SOURCE = config["source"]
 SEED = config["seed"]
@@ -115,7 +127,7 @@ def plate_manifests(plates, key):
     unknown = sorted(set(plates) - set(PLATES))
     if unknown:
         raise ConfigError(f"config key {key}: plates not in {config['plates']}: {unknown}")
-    return expand("results/plates/{plate}/manifest.parquet", plate=plates)
+    return expand("<results>/plates/{plate}/manifest.parquet", plate=plates)
 
 
 def train_manifests(wildcards):
@@ -134,14 +146,14 @@ def checkpoint_inputs(wildcards):
     """Trained weights of this model (or nothing when a local checkpoint is configured)."""
     if config["model"]["checkpoint"]:
         return []
-    folder = f"results/models/{wildcards.model}/seed{config['train']['seed']}"
+    folder = f"{RESULTS}/models/{wildcards.model}/seed{config['train']['seed']}"
     return [f"{folder}/model.safetensors", f"{folder}/config.json"]
 
 
 def checkpoint_path(wildcards):
     if config["model"]["checkpoint"]:
         return config["model"]["checkpoint"]
-    return f"results/models/{wildcards.model}/seed{config['train']['seed']}"
+    return f"{RESULTS}/models/{wildcards.model}/seed{config['train']['seed']}"
 
 
 def truth_inputs(wildcards):

@@ -5,9 +5,9 @@ rule train_model:
     input:
         manifests=train_manifests,
     output:
-        weights="results/models/{model}/seed{seed}/model.safetensors",
-        model_config="results/models/{model}/seed{seed}/config.json",
-        train_log="results/models/{model}/seed{seed}/train_log.tsv",
+        weights="<results>/models/{model}/seed{seed}/model.safetensors",
+        model_config="<results>/models/{model}/seed{seed}/config.json",
+        train_log="<results>/models/{model}/seed{seed}/train_log.tsv",
     params:
         model=canonical(config["model"]),
         train=canonical(train_params()),
@@ -16,7 +16,7 @@ rule train_model:
     resources:
         **rule_resources("train_model"),
     log:
-        "logs/train/{model}_seed{seed}.log",
+        "<logs>/train/{model}_seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
     script:

@@ -5,11 +5,11 @@ NULL_METHODS = [m for m in METHODS if method_spec(m)[0] == "pca_rand"]
 
 rule rotation_null:
     input:
-        wells="results/embeddings/{model}/wells.h5ad",
-        adata="results/postprocess/{model}/{method}.h5ad",
+        wells="<results>/embeddings/{model}/wells.h5ad",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
         relations=relations_inputs,
     output:
-        null="results/null/{model}/{method}.tsv",
+        null="<results>/null/{model}/{method}.tsv",
     params:
         method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
         rotation_null=canonical(config["rotation_null"]),
@@ -22,7 +22,7 @@ rule rotation_null:
     resources:
         **rule_resources("rotation_null"),
     log:
-        "logs/null/{model}/{method}.log",
+        "<logs>/null/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

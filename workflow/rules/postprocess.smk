@@ -6,10 +6,10 @@ check_fit_on(config["postprocess"]["methods"], config["postprocess"]["fit_on"])
 
 rule postprocess:
     input:
-        wells="results/embeddings/{model}/wells.h5ad",
+        wells="<results>/embeddings/{model}/wells.h5ad",
         checked=postprocess_checks,
     output:
-        adata="results/postprocess/{model}/{method}.h5ad",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
     params:
         algorithm=lambda wildcards: canonical(method_spec(wildcards.method)[0]),
         method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
@@ -20,7 +20,7 @@ rule postprocess:
     resources:
         **rule_resources("postprocess"),
     log:
-        "logs/postprocess/{model}/{method}.log",
+        "<logs>/postprocess/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

@@ -1,7 +1,7 @@
 # The file users open (results/phenoica.h5ad), the summary tables, and the report figures
 # (`snakemake --report results/report.html` after a run; captions in workflow/report/).
 
-REPORT_ROOT = "results/figures/{model}"
+REPORT_ROOT = "<results>/figures/{model}"
 # Every figure and table of the report: part of `rule all`, so a plain run makes the report whole.
 REPORT_FIGURES = [
     *expand(f"{REPORT_ROOT}/methods/{{method}}/{{figure}}.png", model=MODEL, method=METHODS,
@@ -13,28 +13,28 @@ REPORT_FIGURES = [
 
 rule collect_results:
     input:
-        wells=f"results/embeddings/{MODEL}/wells.h5ad",
-        methods=expand("results/postprocess/{model}/{method}.h5ad", model=MODEL, method=METHODS),
-        scores=expand("results/scores/{model}/{method}.tsv", model=MODEL, method=METHODS),
-        benchmarks=expand("results/benchmarks/{model}/{method}.tsv", model=MODEL, method=METHODS),
-        nulls=expand("results/null/{model}/{method}.tsv", model=MODEL, method=NULL_METHODS),
+        wells=f"<results>/embeddings/{MODEL}/wells.h5ad",
+        methods=expand("<results>/postprocess/{model}/{method}.h5ad", model=MODEL, method=METHODS),
+        scores=expand("<results>/scores/{model}/{method}.tsv", model=MODEL, method=METHODS),
+        benchmarks=expand("<results>/benchmarks/{model}/{method}.tsv", model=MODEL, method=METHODS),
+        nulls=expand("<results>/null/{model}/{method}.tsv", model=MODEL, method=NULL_METHODS),
     output:
-        adata="results/phenoica.h5ad",
-        scores=report("results/scores.tsv", caption="../report/scores_tsv.rst",
+        adata="<results>/phenoica.h5ad",
+        scores=report("<results>/scores.tsv", caption="../report/scores_tsv.rst",
                       category="2. Separation scores", labels={"item": "long table (TSV)"}),
-        benchmarks=report("results/benchmarks.tsv", caption="../report/benchmarks_tsv.rst",
+        benchmarks=report("<results>/benchmarks.tsv", caption="../report/benchmarks_tsv.rst",
                           category="3. Held-out-batch benchmarks",
                           labels={"item": "long table (TSV)"}),
-        summary=report("results/summary.txt", caption="../report/summary.rst",
+        summary=report("<results>/summary.txt", caption="../report/summary.rst",
                        category="3. Held-out-batch benchmarks", labels={"item": "run summary (text)"}),
-        null=report("results/null_rotations.tsv", caption="../report/null_rotations.rst",
+        null=report("<results>/null_rotations.tsv", caption="../report/null_rotations.rst",
                     category="3. Held-out-batch benchmarks",
                     labels={"item": "rotation null (TSV)"}),
     params:
         methods=canonical(METHODS),
         rotation_null=canonical(config["rotation_null"]),
     log:
-        "logs/collect_results.log",
+        "<logs>/collect_results.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -43,8 +43,8 @@ rule collect_results:
 
 rule method_figures:
     input:
-        adata="results/postprocess/{model}/{method}.h5ad",
-        scores="results/scores/{model}/{method}.tsv",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
+        scores="<results>/scores/{model}/{method}.tsv",
         checked=figure_checks,
     output:
         umap=report(f"{REPORT_ROOT}/methods/{{method}}/umap.png", caption="../report/umap.rst",
@@ -62,7 +62,7 @@ rule method_figures:
     resources:
         **rule_resources("method_figures"),
     log:
-        "logs/report/{model}/{method}.log",
+        "<logs>/report/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -71,7 +71,7 @@ rule method_figures:
 
 rule scores_report:
     input:
-        scores=expand("results/scores/{{model}}/{method}.tsv", method=METHODS),
+        scores=expand("<results>/scores/{{model}}/{method}.tsv", method=METHODS),
     output:
         overview=report(f"{REPORT_ROOT}/scores_overview.png", caption="../report/scores_overview.rst",
                         category="2. Separation scores", labels={"item": "overview figure"}),
@@ -83,7 +83,7 @@ rule scores_report:
     resources:
         **rule_resources("scores_report"),
     log:
-        "logs/report/{model}_scores.log",
+        "<logs>/report/{model}_scores.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -92,7 +92,7 @@ rule scores_report:
 
 rule benchmark_report:
     input:
-        benchmarks=expand("results/benchmarks/{{model}}/{method}.tsv", method=METHODS),
+        benchmarks=expand("<results>/benchmarks/{{model}}/{method}.tsv", method=METHODS),
     output:
         figures=report(directory(f"{REPORT_ROOT}/benchmarks"), patterns=["{task}.png"],
                        caption="../report/benchmark_task.rst",
@@ -106,7 +106,7 @@ rule benchmark_report:
     resources:
         **rule_resources("benchmark_report"),
     log:
-        "logs/report/{model}_benchmarks.log",
+        "<logs>/report/{model}_benchmarks.log",
     conda:
         "../../envs/core.yaml"
     script:

@@ -3,10 +3,10 @@
 
 rule score_separation:
     input:
-        adata="results/postprocess/{model}/{method}.h5ad",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
         checked=score_checks,
     output:
-        scores="results/scores/{model}/{method}.tsv",
+        scores="<results>/scores/{model}/{method}.tsv",
     params:
         scores=canonical(config["scores"]),
         labels=canonical(config["labels"]),
@@ -14,7 +14,7 @@ rule score_separation:
     resources:
         **rule_resources("score_separation"),
     log:
-        "logs/score/{model}/{method}.log",
+        "<logs>/score/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

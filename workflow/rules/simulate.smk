@@ -9,7 +9,7 @@ rule simulate_design:
         sim=canonical(config["simulate"]["params"]),
         seed=canonical(SEED),
     log:
-        "logs/simulate/design.log",
+        "<logs>/simulate/design.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -29,7 +29,7 @@ rule simulate_plate:
     resources:
         **rule_resources("simulate_plate"),
     log:
-        "logs/simulate/{plate}.log",
+        "<logs>/simulate/{plate}.log",
     conda:
         "../../envs/core.yaml"
     script:
