@@ -70,7 +70,9 @@ def test_numbers_take_the_type_of_their_schema_key():
 
 def test_every_rule_param_is_canonical():
     """Every ``params:`` value of every rule file goes through canonical(...), so that a new
-    rule cannot bring back reruns on a reordered config."""
+    rule cannot bring back reruns on a reordered config; and none spells a path of the results
+    folder (Snakemake fills <results>/<logs> into input, output and log paths, not params: a
+    param path is built from RESULTS, the configured folder)."""
     import re
 
     problems = []
@@ -88,6 +90,8 @@ def test_every_rule_param_is_canonical():
                     if not (value.startswith("canonical(")
                             or value.startswith("lambda wildcards: canonical(")):
                         problems.append(f"{path.name}: {entry.strip()}")
+                    if re.search(r"<results>|<logs>|[\"']results/|[\"']logs/", value):
+                        problems.append(f"{path.name}: a results path in params: {entry.strip()}")
     assert not problems, problems
 
 
@@ -151,6 +155,14 @@ def test_a_reordered_config_reruns_nothing_after_a_real_run(reference_run, tmp_p
     """The reviewer's case on a completed run: the same config in another key order (as
     ``--replace-workflow-config`` produces) plans no job."""
     project = copy_project(reference_run, tmp_path / "p")
+    assert (project.results() / "data.yaml").is_file()  # the run recorded its data
+    # the dry-run checks predict the wells' obs columns from the plate maps' header
+    import anndata
+
+    model = project.config()["model"]["id"]
+    obs = anndata.read_h5ad(project.results() / "embeddings" / model / "wells.h5ad", backed="r").obs
+    header = read_header(project.results() / "simulated" / "platemaps" / "P01.csv")
+    assert platemap_obs_columns(header) == set(obs.columns)
     full = validate_config(project.config())
     (project.root / "mine.yaml").write_text(yaml.safe_dump(reordered(full), sort_keys=False))
     jobs = project.dry_run("--configfile", "mine.yaml")

@@ -31,8 +31,9 @@ from .errors import ConfigError
 from .sheet import CONTROL_FLAG_COLUMNS, PERTURBATION_COLUMNS, WELL_COLUMNS, normalize_column_name, parse_bool
 
 #: obs columns of the wells AnnData besides the plate-map columns (ingest_plate writes plate, batch,
-#: well, row, col and the plate map's roles; collect_wells adds n_sites)
-WELL_OBS_COLUMNS = ("plate", "batch", "well", "row", "col", "perturbation", "is_control", "n_sites")
+#: well, row, col, the plate map's roles and the QC flags; collect_wells adds n_sites)
+WELL_OBS_COLUMNS = ("plate", "batch", "well", "row", "col", "perturbation", "is_control", "qc_flagged", "qc_pass",
+                    "n_sites")
 #: obs columns a profiles table always gives (phenoica.profiles.CONTRACT_COLUMNS)
 PROFILE_OBS_COLUMNS = ("plate", "well", "batch", "perturbation", "is_control")
 #: post-processing algorithms that correct each batch with that batch's own control wells
