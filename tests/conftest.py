@@ -137,7 +137,7 @@ def slurm_run(slurm_cluster, tmp_path_factory) -> SlurmRun:
     cancelled: dict = {}
 
     def embedding_started() -> bool:
-        logs = (project.root / "logs" / "embed").rglob("*.log")
+        logs = (project.results() / "logs" / "embed").rglob("*.log")
         return any("rule embed_plate" in path.read_text(errors="replace") for path in logs)
 
     def cancel_one_embedding() -> None:

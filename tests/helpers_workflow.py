@@ -102,8 +102,9 @@ def parse_dry_run(text: str) -> list[Job]:
 class Project:
     """A copy of the workflow with its own config, plate sheet, results and .snakemake."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, results: str = "results"):
         self.root = Path(root)
+        self.results_folder = results  # the config's results folder (config key results)
 
     # --- config and sheet -----------------------------------------------------------------
     @property
@@ -160,7 +161,7 @@ class Project:
 
     # --- outputs ----------------------------------------------------------------------------
     def results(self) -> Path:
-        return self.root / "results"
+        return self.root / self.results_folder
 
 
 def copy_workflow(dest: Path) -> None:

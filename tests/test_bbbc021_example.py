@@ -30,13 +30,14 @@ def example_project(tmp_path: Path, overrides: dict | None = None) -> tuple[Proj
     root = tmp_path / "project"
     root.mkdir(parents=True)
     copy_workflow(root)
+    results = yaml.safe_load((REPO / EXAMPLE).read_text())["results"]
     if not overrides:
-        return Project(root), ["--configfile", EXAMPLE]
+        return Project(root, results), ["--configfile", EXAMPLE]
     config = yaml.safe_load((REPO / EXAMPLE).read_text())
     for section, values in overrides.items():
         config[section] = {**config.get(section, {}), **values}
     (root / "config" / "test_example.yaml").write_text(yaml.safe_dump(config))
-    return Project(root), ["--configfile", "config/test_example.yaml"]
+    return Project(root, results), ["--configfile", "config/test_example.yaml"]
 
 
 def test_example_reads_only_the_bbbc021_table():
@@ -103,9 +104,9 @@ def test_example_runs_end_to_end(tmp_path):
     # ... and the held-out mechanism is found far above chance (12 classes)
     assert pooled(bench, "pca", "classification", "accuracy_knn") > 0.4
 
-    project.snakemake(*args, "--report", "results/report.html")
+    project.snakemake(*args, "--report", f"{project.results_folder}/report.html")
     html = (project.results() / "report.html").read_text()
     for method in E2E_METHODS:
-        assert f"results/figures/cellprofiler/methods/{method}/umap.png" in html
+        assert f"{project.results_folder}/figures/cellprofiler/methods/{method}/umap.png" in html
     summary = (project.results() / "summary.txt").read_text()
     assert "423 wells" in summary and "10 batches" in summary

@@ -22,10 +22,15 @@ def test_demo_config_is_valid_and_gets_defaults():
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "config" / "examples").glob("*.yaml")))
-def test_example_configs_are_valid_on_top_of_the_demo(example):
-    # snakemake --configfile merges the example over config/config.yaml
-    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+def test_example_configs_are_complete_or_layers(example):
+    """`snakemake --configfile <example>` reads the example alone (the demo's config/config.yaml
+    only when no --configfile is given): an example that names its source is a complete config;
+    one that does not (identifiability_full.yaml) is a layer, merged key by key over a complete
+    config (`--configfile base.yaml layer.yaml`), and says so."""
     extra = yaml.safe_load(example.read_text())
+    if "source" in extra:
+        validate_config(extra, SCHEMA)
+        return
 
     def merge(a, b):
         for key, value in b.items():
@@ -35,7 +40,11 @@ def test_example_configs_are_valid_on_top_of_the_demo(example):
                 a[key] = value
         return a
 
-    validate_config(merge(base, extra), SCHEMA)
+    assert "--configfile config/config.yaml " + str(example.relative_to(ROOT)) in example.read_text()
+    bases = [ROOT / "config" / "config.yaml", *(p for p in (ROOT / "config" / "examples").glob("*.yaml")
+                                               if "source" in yaml.safe_load(p.read_text()))]
+    for base in bases:
+        validate_config(merge(yaml.safe_load(base.read_text()), extra), SCHEMA)
 
 
 def test_enum_error_names_key_path_and_allowed_values():

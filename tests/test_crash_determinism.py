@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def _embedding_started(project) -> bool:
-    logs = (project.root / "logs" / "embed").rglob("*.log")
+    logs = (project.results() / "logs" / "embed").rglob("*.log")
     return any("rule embed_plate" in path.read_text(errors="replace") for path in logs)
 
 

@@ -520,7 +520,7 @@ def test_run_rule_puts_the_traceback_of_a_bug_in_the_log_once(tmp_path, capfd):
 def test_snakemake_failed_revalidation_keeps_the_plate_and_shows_each_problem_once(tmp_path, plate):
     """`snakemake ingest` after two files of an ingested plate went bad: the run fails, the
     plate's earlier manifest and QC stay in place byte for byte, and the console shows each
-    problem once and no Python traceback (that is in logs/ingest/P1.log.traceback)."""
+    problem once and no Python traceback (that is in results/logs/ingest/P1.log.traceback)."""
     import subprocess
     import sys
 
@@ -548,4 +548,4 @@ def test_snakemake_failed_revalidation_keeps_the_plate_and_shows_each_problem_on
     for problem in ("A01_s1_w2.tif: corrupt or unreadable image", "well A02 site 2 lacks channel(s)"):
         assert console.count(problem) == 1, console[-5000:]
     assert "Traceback" not in console, console[-5000:]
-    assert "InputError" in (tmp_path / "logs" / "ingest" / "P1.log.traceback").read_text()
+    assert "InputError" in (tmp_path / "results" / "logs" / "ingest" / "P1.log.traceback").read_text()

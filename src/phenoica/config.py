@@ -100,7 +100,55 @@ def validate_config(config: dict, schema: dict | str | os.PathLike | None = None
     if errors:
         lines = [describe_error(e, what) for e in errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    return config
+    return normalize_numbers(config, schema)
+
+
+def _resolve(spec: Any, defs: Mapping[str, Any]) -> dict:
+    if not isinstance(spec, dict):
+        return {}
+    ref = spec.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return {**defs.get(ref.removeprefix("#/$defs/"), {}), **{k: v for k, v in spec.items() if k != "$ref"}}
+    return spec
+
+
+def _number_types(spec: dict, defs: Mapping[str, Any]) -> set[str]:
+    """JSON types a schema node allows (its ``type`` and those of its ``anyOf``/``oneOf``)."""
+    kind = spec.get("type")
+    types = {kind} if isinstance(kind, str) else set(kind or [])
+    for sub in [*spec.get("anyOf", []), *spec.get("oneOf", [])]:
+        types |= _number_types(_resolve(sub, defs), defs)
+    return types
+
+
+def normalize_numbers(value: Any, schema: dict, defs: Mapping[str, Any] | None = None) -> Any:
+    """Numbers of ``value`` in the type their schema node names, in place: a whole float where an
+    integer is allowed becomes an int (``32.0`` -> ``32``; JSON schema counts it as an integer), an
+    int where only ``number`` is allowed a float (``1`` -> ``1.0``). So the same setting has one
+    spelling in every job's parameters (Snakemake reruns a job whose parameters print
+    differently). Free-form mappings (``simulate.params``, a method's parameters) are left as
+    written. Returns ``value``."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    spec = _resolve(schema, defs)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        types = _number_types(spec, defs)
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 and "integer" in types:
+            return int(value)
+        if isinstance(value, int) and "number" in types and "integer" not in types:
+            return float(value)
+        return value
+    if isinstance(value, dict):
+        properties = spec.get("properties", {})
+        extra = spec.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[key] = normalize_numbers(item, sub, defs)
+    elif isinstance(value, list) and isinstance(spec.get("items"), dict):
+        value[:] = [normalize_numbers(item, spec["items"], defs) for item in value]
+    return value
 
 
 def schema_node(key: str, schema: dict | None = None) -> dict:
@@ -184,6 +232,31 @@ def section_values(func: Callable[..., Any], values: Mapping[str, Any]) -> dict:
             if param.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def canonical(value: Any) -> Any:
+    """``value`` (a job parameter) in one canonical form: mappings as dicts with sorted keys,
+    tuples as lists, sets as sorted lists, numpy scalars as Python numbers, recursively.
+
+    Snakemake compares a job's parameters by their ``repr``, so without this the same settings
+    in another key order (a config file's order vs the schema's defaults filled in after it, or
+    ``--replace-workflow-config``) rerun the job and everything after it. Every ``params:`` value
+    of the workflow's rules goes through it. Numbers are normalised when the config is loaded
+    (:func:`validate_config`: ``1`` for a ``number`` key is ``1.0``, ``32.0`` for an ``integer``
+    key is ``32``). Lists keep their order: in a list (channels, tasks) the order means something.
+    """
+    if value is None or isinstance(value, (bool, str, bytes, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        items = sorted(value.items(), key=lambda item: (type(item[0]).__name__, str(item[0])))
+        return {key: canonical(item) for key, item in items}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(item) for item in value), key=lambda item: (type(item).__name__, repr(item)))
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return canonical(value.item())  # a numpy scalar
+    return value
+
+
 def load_config(path: str | os.PathLike, schema: dict | str | os.PathLike | None = None) -> dict:
     """Read a YAML config file and validate it (for use outside Snakemake)."""
     try:
@@ -203,12 +276,21 @@ REFERENCE_HEADER = """# Configuration reference
 Generated from `workflow/schemas/config.schema.yaml` by `python -m phenoica.config
 config/README.md`; a test keeps the two in step. The workflow validates the config against that
 schema when it loads (`snakemake -n` already fails on a wrong key or value, naming the key and
-what is allowed) and fills in every default listed here, so a config only needs the keys it
-changes. `config/config.yaml` is the built-in demo; `config/examples/` holds a real-data example
-(BBBC021 profiles), cluster-sized settings and the full identifiability run.
+what is allowed) and fills in every default listed here. It then checks what the config names in
+the data (the columns of the plate maps or of a profiles table, the channel tokens of the image
+file names, at least 2 batches for the held-out-batch benchmarks, enough wells for each
+post-processing fit), so a dry run fails with the key, the file and what was found.
 
-Override any key on the command line without editing files, e.g.
-`snakemake --cores 2 --config seed=1` or `--configfile my.yaml` (merged over the demo config).
+**Your own config is complete on its own.** `config/config.yaml` is the built-in demo (simulated
+plates), and Snakemake reads it only when no `--configfile` is given: `snakemake --configfile
+my.yaml` uses `my.yaml` and, for every key it leaves out, the default listed here (never the
+demo's value). So what a config lists is all that runs: `postprocess.methods: {pca: {},
+pca_ica: {}}` plans those two methods, `benchmark.tasks: [auroc]` that task, `channels` those
+channels. Several files layer: `--configfile base.yaml more.yaml` merges `more.yaml` over
+`base.yaml` key by key (mappings such as `postprocess.methods` merge, so a later file adds
+methods; lists and values are replaced). `--config key=value` overrides single keys of either,
+e.g. `snakemake --cores 2 --config seed=1`. `config/examples/` holds complete configs (BBBC021
+profiles, a cluster-sized screen) and one layer (the full identifiability run).
 """
 
 

@@ -15,12 +15,15 @@ Any other exception is a bug: its full traceback goes into the log, and so is pr
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import PhenoicaError
@@ -104,3 +107,80 @@ def print_summary_if_updated(path: str | os.PathLike, since: float) -> bool:
         return False
     print(f"\n{text.rstrip()}\n(summary: {os.fspath(path)})", flush=True)
     return True
+
+
+def remove_outdated_outputs(planned_rules: Iterable[str], upstream_rules: Iterable[str],
+                            outputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Remove ``outputs`` (aggregates such as ``results/phenoica.h5ad`` and the run summary) at
+    the start of a run that reruns any of ``upstream_rules`` (the rules whose outputs they
+    summarise), whatever the run's target: after it they would describe data that changed, and
+    a run that fails (or stops at ``snakemake embed``) would leave them in place, ready to be
+    mistaken for results of the new data. They come back when a run reaches their rule.
+
+    ``planned_rules``: the rules of the jobs this run will execute. Returns the removed paths.
+    """
+    if not set(planned_rules) & set(upstream_rules):
+        return []
+    removed = []
+    for path in map(os.fspath, outputs):
+        if os.path.lexists(path):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        print(f"Removed {', '.join(removed)}: this run changes what they summarise (a rule before "
+              "them reruns); they are rebuilt when the run reaches them.", file=sys.stderr, flush=True)
+    return removed
+
+
+#: File in a results folder that records which data its outputs come from (config key results).
+DATA_RECORD = "data.yaml"
+
+
+def results_data(config: Mapping[str, Any]) -> dict[str, str]:
+    """The data a config's outputs come from: its source and the plate sheet (or profiles
+    table) it reads. Two configs with the same data may share a results folder (a rerun with
+    other settings); with other data they may not."""
+    source = str(config["source"])
+    path = config["profiles"]["path"] if source == "profiles" else config["plates"]
+    return {"source": source, "data": os.path.normpath(str(path)) if path else ""}
+
+
+def check_results_folder(folder: str | os.PathLike, data: Mapping[str, str]) -> None:
+    """Refuse a results folder whose recorded data (:data:`DATA_RECORD`, written by
+    :func:`record_results_folder` when a run starts) differs from ``data``: the outputs of two
+    data sets would overwrite each other (the same plate names, model id and methods give the
+    same file names), and the first run's aggregates would pass for the second's."""
+    import yaml
+
+    from .errors import ConfigError
+
+    path = Path(folder) / DATA_RECORD
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return
+    if not isinstance(recorded, Mapping) or dict(recorded) == dict(data):
+        return
+    what = "profiles table" if recorded.get("source") == "profiles" else "plate sheet"
+    raise ConfigError(
+        f"config key results: the folder {os.fspath(folder)} holds the outputs of other data (source "
+        f"{recorded.get('source')!r}, {what} {recorded.get('data')!r}; recorded in {path}), this "
+        f"config's are source {data['source']!r}, {data['data']!r}. Give this config a results folder "
+        f"of its own (e.g. results: results_{_slug(data['data'])}), so that both live side by side, "
+        f"or remove {os.fspath(folder)} first")
+
+
+def record_results_folder(folder: str | os.PathLike, data: Mapping[str, str]) -> None:
+    """Write :data:`DATA_RECORD` into ``folder`` (at the start of a run, not a dry run)."""
+    from .io.atomic import atomic_write_text
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{key}: {json.dumps(str(value))}\n" for key, value in data.items())
+    atomic_write_text(Path(folder) / DATA_RECORD,
+                      "# written by phenoica: the data whose outputs this folder holds (config key results)\n"
+                      + text)
+
+
+def _slug(path: str) -> str:
+    stem = Path(path).name.split(".")[0] if path else "mine"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "mine"

@@ -50,7 +50,7 @@ def screen_sheet(project: Project, plates: list[str]) -> None:
         "layout": "rxrx", "path": "raw", "platemap": [f"raw/{p}.csv" for p in plates],
         "pattern": "",
     }))
-    project.update_config({"source": "plates"})
+    project.update_config({"source": "plates", "labels": {"biology": None}})  # maps: no label
 
 
 def time_dry_run(project: Project) -> tuple[float, dict[str, int]]:

@@ -3,22 +3,23 @@
 
 rule benchmark_generalization:
     input:
-        wells="results/embeddings/{model}/wells.h5ad",
+        wells="<results>/embeddings/{model}/wells.h5ad",
         relations=relations_inputs,
+        checked=benchmark_checks,
     output:
-        benchmarks="results/benchmarks/{model}/{method}.tsv",
+        benchmarks="<results>/benchmarks/{model}/{method}.tsv",
     params:
-        algorithm=lambda wildcards: method_spec(wildcards.method)[0],
-        method_params=lambda wildcards: method_spec(wildcards.method)[1],
-        benchmark=config["benchmark"],
-        labels=config["labels"],
-        layer=config["postprocess"]["layer"],
-        fit_on=config["postprocess"]["fit_on"],
+        algorithm=lambda wildcards: canonical(method_spec(wildcards.method)[0]),
+        method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
+        benchmark=canonical(config["benchmark"]),
+        labels=canonical(config["labels"]),
+        layer=canonical(config["postprocess"]["layer"]),
+        fit_on=canonical(config["postprocess"]["fit_on"]),
     threads: rule_threads("benchmark_generalization")
     resources:
         **rule_resources("benchmark_generalization"),
     log:
-        "logs/benchmark/{model}/{method}.log",
+        "<logs>/benchmark/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

@@ -1,12 +1,25 @@
 # Shared settings and input functions. Functions only; rules live in the other files.
 # Imports here run on every Snakemake start (each dry run, each cluster job): only light modules
 # (no torch, anndata, scipy; tests/test_startup.py checks it).
-from phenoica.config import section_arguments, validate_config
+import os
+
+from phenoica.config import canonical, section_arguments, validate_config
 from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
 from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
+from phenoica.preflight import DataChecks
+from phenoica.workflow import check_results_folder, results_data
 
 # the schema next to these rules, wherever the Snakefile that includes them lives
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+# Every output of this config goes under RESULTS (config key results), every log under LOGS: the
+# rules' paths start with <results>/ and <logs>/ (Snakemake pathvars, set in the Snakefile), and
+# Python code that builds a path for params uses RESULTS. A folder that holds the outputs of other
+# data is refused (phenoica.workflow.check_results_folder).
+RESULTS = os.path.normpath(config["results"])
+LOGS = f"{RESULTS}/logs"
+RESULTS_DATA = results_data(config)
+check_results_folder(RESULTS, RESULTS_DATA)
 
 SOURCE = config["source"]
 SEED = config["seed"]
@@ -14,12 +27,19 @@ SIM_ROOT = config["simulate"]["root"]
 CHANNELS = config["channels"]
 CHANNEL_NAMES = [channel["name"] for channel in CHANNELS]
 MODEL = config["model"]["id"]
-METHODS = list(config["postprocess"]["methods"])
+# sorted: the methods are a set (their order in the config means nothing, so reordering them
+# changes no job and no table)
+METHODS = sorted(config["postprocess"]["methods"])
 
 
 def _load_sheet():
     if SOURCE == "profiles":
         return None
+    if not config["plates"]:
+        from phenoica.errors import ConfigError
+
+        raise ConfigError(f"config key plates: with source {SOURCE!r} name the plate sheet (TSV, one "
+                          "row per plate: plate, batch, layout, path, platemap; README 'Your own plates')")
     from phenoica.sheet import read_plate_sheet
 
     # simulated plates are written by the workflow itself, so their files may not exist yet
@@ -57,9 +77,38 @@ def plate_row(plate):
     return PLATE_ROWS[plate]
 
 
+# What the config names in the data (plate-map and profile columns, channel tokens, batches, wells
+# per fit) is checked while the DAG is built, for the rules that need it: each input function
+# below returns no file and raises a ConfigError naming the key, the file and what was found.
+CHECKS = DataChecks(config, list(PLATE_ROWS.values()))
+if SOURCE == "profiles":
+    CHECKS.columns  # the profiles table's header has every column the profiles section names
+
+
+def postprocess_checks(wildcards):
+    CHECKS.postprocess(wildcards.method)
+    return []
+
+
+def score_checks(wildcards):
+    CHECKS.scores()
+    return []
+
+
+def benchmark_checks(wildcards):
+    CHECKS.benchmark(wildcards.method)
+    return []
+
+
+def figure_checks(wildcards):
+    CHECKS.figures()
+    return []
+
+
 def ingest_inputs(wildcards):
     """The plate map and every raw image of one plate, so touching one image reruns that plate."""
     row = plate_row(wildcards.plate)
+    CHECKS.ingest(row)
     if SOURCE == "simulate":
         return {
             "platemap": f"{SIM_ROOT}/platemaps/{wildcards.plate}.csv",
@@ -78,7 +127,7 @@ def plate_manifests(plates, key):
     unknown = sorted(set(plates) - set(PLATES))
     if unknown:
         raise ConfigError(f"config key {key}: plates not in {config['plates']}: {unknown}")
-    return expand("results/plates/{plate}/manifest.parquet", plate=plates)
+    return expand("<results>/plates/{plate}/manifest.parquet", plate=plates)
 
 
 def train_manifests(wildcards):
@@ -97,14 +146,14 @@ def checkpoint_inputs(wildcards):
     """Trained weights of this model (or nothing when a local checkpoint is configured)."""
     if config["model"]["checkpoint"]:
         return []
-    folder = f"results/models/{wildcards.model}/seed{config['train']['seed']}"
+    folder = f"{RESULTS}/models/{wildcards.model}/seed{config['train']['seed']}"
     return [f"{folder}/model.safetensors", f"{folder}/config.json"]
 
 
 def checkpoint_path(wildcards):
     if config["model"]["checkpoint"]:
         return config["model"]["checkpoint"]
-    return f"results/models/{wildcards.model}/seed{config['train']['seed']}"
+    return f"{RESULTS}/models/{wildcards.model}/seed{config['train']['seed']}"
 
 
 def truth_inputs(wildcards):

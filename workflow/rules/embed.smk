@@ -7,14 +7,14 @@ if SOURCE == "profiles":
         input:
             table=config["profiles"]["path"],
         output:
-            wells="results/embeddings/{model}/wells.h5ad",
+            wells="<results>/embeddings/{model}/wells.h5ad",
         params:
-            profiles=config["profiles"],
+            profiles=canonical(config["profiles"]),
         threads: rule_threads("collect_wells")
         resources:
             **rule_resources("collect_wells"),
         log:
-            "logs/collect/{model}_profiles.log",
+            "<logs>/collect/{model}_profiles.log",
         conda:
             "../../envs/core.yaml"
         script:
@@ -24,21 +24,21 @@ else:
 
     rule embed_plate:
         input:
-            manifest="results/plates/{plate}/manifest.parquet",
+            manifest="<results>/plates/{plate}/manifest.parquet",
             checkpoint=checkpoint_inputs,
         output:
-            sites="results/embeddings/{model}/sites/{plate}.h5ad",
+            sites="<results>/embeddings/{model}/sites/{plate}.h5ad",
         params:
-            model=config["model"],
-            checkpoint=checkpoint_path,
-            embed=config["embed"],
-            channels=CHANNEL_NAMES,
-            exclude_flagged=config["qc"]["exclude_flagged"],
+            model=canonical(config["model"]),
+            checkpoint=lambda wildcards: canonical(checkpoint_path(wildcards)),
+            embed=canonical(config["embed"]),
+            channels=canonical(CHANNEL_NAMES),
+            exclude_flagged=canonical(config["qc"]["exclude_flagged"]),
         threads: rule_threads("embed_plate")
         resources:
             **rule_resources("embed_plate"),
         log:
-            "logs/embed/{model}/{plate}.log",
+            "<logs>/embed/{model}/{plate}.log",
         conda:
             "../../envs/torch.yaml"
         script:
@@ -46,18 +46,26 @@ else:
 
     rule collect_wells:
         input:
-            sites=expand("results/embeddings/{{model}}/sites/{plate}.h5ad", plate=PLATES),
+            sites=expand("<results>/embeddings/{{model}}/sites/{plate}.h5ad", plate=PLATES),
             truth=truth_inputs,
         output:
-            wells="results/embeddings/{model}/wells.h5ad",
+            wells="<results>/embeddings/{model}/wells.h5ad",
         params:
-            aggregate=config["embed"]["aggregate"],
+            aggregate=canonical(config["embed"]["aggregate"]),
         threads: rule_threads("collect_wells")
         resources:
             **rule_resources("collect_wells"),
         log:
-            "logs/collect/{model}_wells.log",
+            "<logs>/collect/{model}_wells.log",
         conda:
             "../../envs/core.yaml"
         script:
             "../scripts/collect_wells.py"
+
+
+# Target `snakemake embed`: every plate embedded and the well-level table, nothing after them
+# (no post-processing, scores or benchmarks).
+rule embed:
+    input:
+        f"<results>/embeddings/{MODEL}/wells.h5ad",
+        expand("<results>/embeddings/{model}/sites/{plate}.h5ad", model=MODEL, plate=PLATES),

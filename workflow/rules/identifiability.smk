@@ -17,20 +17,20 @@ rule identifiability_train:
     input:
         manifests=train_manifests,
     output:
-        weights="results/identifiability/models/{model}/wd{wd}/seed{seed}/model.safetensors",
-        model_config="results/identifiability/models/{model}/wd{wd}/seed{seed}/config.json",
-        train_log="results/identifiability/models/{model}/wd{wd}/seed{seed}/train_log.tsv",
+        weights="<results>/identifiability/models/{model}/wd{wd}/seed{seed}/model.safetensors",
+        model_config="<results>/identifiability/models/{model}/wd{wd}/seed{seed}/config.json",
+        train_log="<results>/identifiability/models/{model}/wd{wd}/seed{seed}/train_log.tsv",
     wildcard_constraints:
         wd="[0-9][0-9.e+-]*",
     params:
-        model=config["model"],
-        train=lambda wildcards: {**IDENT_TRAIN, "weight_decay": float(wildcards.wd)},
-        channels=CHANNEL_NAMES,
+        model=canonical(config["model"]),
+        train=lambda wildcards: canonical({**IDENT_TRAIN, "weight_decay": float(wildcards.wd)}),
+        channels=canonical(CHANNEL_NAMES),
     threads: rule_threads("identifiability_train")
     resources:
         **rule_resources("identifiability_train"),
     log:
-        "logs/identifiability/train/{model}_wd{wd}_seed{seed}.log",
+        "<logs>/identifiability/train/{model}_wd{wd}_seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
     script:
@@ -42,21 +42,21 @@ rule identifiability_embed:
         manifests=ident_probe_manifests,
         checkpoint=lambda wildcards: ident_checkpoint_files(wildcards.model, [(wildcards.wd, wildcards.seed)]),
     output:
-        probe="results/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad",
+        probe="<results>/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad",
     wildcard_constraints:
         wd="[0-9][0-9.e+-]*",
     params:
-        model=config["model"],
-        checkpoint=lambda wildcards: ident_model_dir(wildcards.model, wildcards.wd, wildcards.seed),
-        embed=config["embed"],
-        layers=ident_embed_layers(),
-        channels=CHANNEL_NAMES,
-        exclude_flagged=config["qc"]["exclude_flagged"],
+        model=canonical(config["model"]),
+        checkpoint=lambda wildcards: canonical(ident_model_dir(wildcards.model, wildcards.wd, wildcards.seed)),
+        embed=canonical(config["embed"]),
+        layers=canonical(ident_embed_layers()),
+        channels=canonical(CHANNEL_NAMES),
+        exclude_flagged=canonical(config["qc"]["exclude_flagged"]),
     threads: rule_threads("identifiability_embed")
     resources:
         **rule_resources("identifiability_embed"),
     log:
-        "logs/identifiability/embed/{model}_wd{wd}_seed{seed}.log",
+        "<logs>/identifiability/embed/{model}_wd{wd}_seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
     script:
@@ -67,16 +67,16 @@ rule identifiability_alignment:
     input:
         embeddings=[ident_embedding(MODEL, IDENT_WD, seed) for seed in IDENT_SEEDS],
     output:
-        table="results/identifiability/alignment.tsv",
-        figure="results/identifiability/alignment.png",
+        table="<results>/identifiability/alignment.tsv",
+        figure="<results>/identifiability/alignment.png",
     params:
-        seeds=IDENT_SEEDS,
-        params=IDENT_PARAMS,
+        seeds=canonical(IDENT_SEEDS),
+        params=canonical(IDENT_PARAMS),
     threads: rule_threads("identifiability_alignment")
     resources:
         **rule_resources("identifiability_alignment"),
     log:
-        "logs/identifiability/alignment.log",
+        "<logs>/identifiability/alignment.log",
     conda:
         "../../envs/torch.yaml"
     script:
@@ -89,19 +89,19 @@ rule identifiability_isometry:
         embeddings=[ident_embedding(MODEL, wd, seed) for wd, seed in IDENT_SWEEP],
         manifests=ident_probe_manifests,
     output:
-        table="results/identifiability/isometry.tsv",
-        figure="results/identifiability/isometry.png",
+        table="<results>/identifiability/isometry.tsv",
+        figure="<results>/identifiability/isometry.png",
     params:
-        checkpoints=[ident_model_dir(MODEL, wd, seed) for wd, seed in IDENT_SWEEP],
-        weight_decays=[float(wd) for wd, _ in IDENT_SWEEP],
-        seeds=[seed for _, seed in IDENT_SWEEP],
-        channels=CHANNEL_NAMES,
-        params=IDENT_PARAMS,
+        checkpoints=canonical([ident_model_dir(MODEL, wd, seed) for wd, seed in IDENT_SWEEP]),
+        weight_decays=canonical([float(wd) for wd, _ in IDENT_SWEEP]),
+        seeds=canonical([seed for _, seed in IDENT_SWEEP]),
+        channels=canonical(CHANNEL_NAMES),
+        params=canonical(IDENT_PARAMS),
     threads: rule_threads("identifiability_isometry")
     resources:
         **rule_resources("identifiability_isometry"),
     log:
-        "logs/identifiability/isometry.log",
+        "<logs>/identifiability/isometry.log",
     conda:
         "../../envs/torch.yaml"
     script:
@@ -110,7 +110,7 @@ rule identifiability_isometry:
 
 rule identifiability:
     input:
-        "results/identifiability/alignment.tsv",
-        "results/identifiability/alignment.png",
-        "results/identifiability/isometry.tsv",
-        "results/identifiability/isometry.png",
+        "<results>/identifiability/alignment.tsv",
+        "<results>/identifiability/alignment.png",
+        "<results>/identifiability/isometry.tsv",
+        "<results>/identifiability/isometry.png",

@@ -45,8 +45,8 @@ IDENT_SWEEP = [(wd, seed) for wd in IDENT_WDS for seed in IDENT_SWEEP_SEEDS]
 def ident_model_dir(model, wd, seed):
     """Checkpoint folder of one (weight decay, seed): the main model's when training is shared."""
     if IDENT_SHARES_MAIN and wd == IDENT_WD:
-        return f"results/models/{model}/seed{seed}"
-    return f"results/identifiability/models/{model}/wd{wd}/seed{seed}"
+        return f"{RESULTS}/models/{model}/seed{seed}"
+    return f"{RESULTS}/identifiability/models/{model}/wd{wd}/seed{seed}"
 
 
 def ident_checkpoint_files(model, pairs):
@@ -55,7 +55,7 @@ def ident_checkpoint_files(model, pairs):
 
 
 def ident_embedding(model, wd, seed):
-    return f"results/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad"
+    return f"<results>/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad"
 
 
 def ident_probe_manifests(wildcards):

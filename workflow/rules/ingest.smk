@@ -8,18 +8,18 @@ rule ingest_plate:
     input:
         unpack(ingest_inputs),
     output:
-        manifest="results/plates/{plate}/validated/manifest.parquet",
-        qc="results/plates/{plate}/validated/qc.parquet",
+        manifest="<results>/plates/{plate}/validated/manifest.parquet",
+        qc="<results>/plates/{plate}/validated/qc.parquet",
     params:
-        row=lambda wildcards: plate_row(wildcards.plate),
-        channels=CHANNELS,
-        qc=config["qc"],
-        ingest=config["ingest"],
+        row=lambda wildcards: canonical(plate_row(wildcards.plate)),
+        channels=canonical(CHANNELS),
+        qc=canonical(config["qc"]),
+        ingest=canonical(config["ingest"]),
     threads: rule_threads("ingest_plate")
     resources:
         **rule_resources("ingest_plate"),
     log:
-        "logs/ingest/{plate}.log",
+        "<logs>/ingest/{plate}.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -30,18 +30,19 @@ rule ingest_plate:
 # submitting node, where a Python script would start an interpreter for every plate.
 rule publish_plate:
     input:
-        manifest="results/plates/{plate}/validated/manifest.parquet",
-        qc="results/plates/{plate}/validated/qc.parquet",
+        manifest="<results>/plates/{plate}/validated/manifest.parquet",
+        qc="<results>/plates/{plate}/validated/qc.parquet",
     output:
-        manifest="results/plates/{plate}/manifest.parquet",
-        qc="results/plates/{plate}/qc.parquet",
+        manifest="<results>/plates/{plate}/manifest.parquet",
+        qc="<results>/plates/{plate}/qc.parquet",
     params:
-        # temporary names as phenoica.io.atomic_path makes them (hidden, '.partial')
-        manifest="results/plates/{plate}/.manifest.parquet.publish.partial",
-        qc="results/plates/{plate}/.qc.parquet.publish.partial",
+        # temporary names as phenoica.io.atomic_path makes them (hidden, '.partial'), in the
+        # results folder (params get no <results>: Snakemake fills it into file paths only)
+        manifest=canonical(f"{RESULTS}/plates/{{plate}}/.manifest.parquet.publish.partial"),
+        qc=canonical(f"{RESULTS}/plates/{{plate}}/.qc.parquet.publish.partial"),
     localrule: True
     log:
-        "logs/ingest/{plate}.publish.log",
+        "<logs>/ingest/{plate}.publish.log",
     conda:
         "../../envs/core.yaml"
     shell:
@@ -53,5 +54,5 @@ rule publish_plate:
 
 rule ingest:
     input:
-        expand("results/plates/{plate}/manifest.parquet", plate=PLATES),
-        expand("results/plates/{plate}/qc.parquet", plate=PLATES),
+        expand("<results>/plates/{plate}/manifest.parquet", plate=PLATES),
+        expand("<results>/plates/{plate}/qc.parquet", plate=PLATES),

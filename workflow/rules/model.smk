@@ -5,18 +5,18 @@ rule train_model:
     input:
         manifests=train_manifests,
     output:
-        weights="results/models/{model}/seed{seed}/model.safetensors",
-        model_config="results/models/{model}/seed{seed}/config.json",
-        train_log="results/models/{model}/seed{seed}/train_log.tsv",
+        weights="<results>/models/{model}/seed{seed}/model.safetensors",
+        model_config="<results>/models/{model}/seed{seed}/config.json",
+        train_log="<results>/models/{model}/seed{seed}/train_log.tsv",
     params:
-        model=config["model"],
-        train=train_params(),
-        channels=CHANNEL_NAMES,
+        model=canonical(config["model"]),
+        train=canonical(train_params()),
+        channels=canonical(CHANNEL_NAMES),
     threads: rule_threads("train_model")
     resources:
         **rule_resources("train_model"),
     log:
-        "logs/train/{model}_seed{seed}.log",
+        "<logs>/train/{model}_seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
     script:

@@ -5,24 +5,24 @@ NULL_METHODS = [m for m in METHODS if method_spec(m)[0] == "pca_rand"]
 
 rule rotation_null:
     input:
-        wells="results/embeddings/{model}/wells.h5ad",
-        adata="results/postprocess/{model}/{method}.h5ad",
+        wells="<results>/embeddings/{model}/wells.h5ad",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
         relations=relations_inputs,
     output:
-        null="results/null/{model}/{method}.tsv",
+        null="<results>/null/{model}/{method}.tsv",
     params:
-        method_params=lambda wildcards: method_spec(wildcards.method)[1],
-        rotation_null=config["rotation_null"],
-        scores=config["scores"],
-        labels=config["labels"],
-        benchmark=config["benchmark"],
-        layer=config["postprocess"]["layer"],
-        fit_on=config["postprocess"]["fit_on"],
+        method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
+        rotation_null=canonical(config["rotation_null"]),
+        scores=canonical(config["scores"]),
+        labels=canonical(config["labels"]),
+        benchmark=canonical(config["benchmark"]),
+        layer=canonical(config["postprocess"]["layer"]),
+        fit_on=canonical(config["postprocess"]["fit_on"]),
     threads: rule_threads("rotation_null")
     resources:
         **rule_resources("rotation_null"),
     log:
-        "logs/null/{model}/{method}.log",
+        "<logs>/null/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

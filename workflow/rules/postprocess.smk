@@ -6,20 +6,21 @@ check_fit_on(config["postprocess"]["methods"], config["postprocess"]["fit_on"])
 
 rule postprocess:
     input:
-        wells="results/embeddings/{model}/wells.h5ad",
+        wells="<results>/embeddings/{model}/wells.h5ad",
+        checked=postprocess_checks,
     output:
-        adata="results/postprocess/{model}/{method}.h5ad",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
     params:
-        algorithm=lambda wildcards: method_spec(wildcards.method)[0],
-        method_params=lambda wildcards: method_spec(wildcards.method)[1],
-        fit_on=config["postprocess"]["fit_on"],
-        train_batches=config["postprocess"]["train_batches"],
-        layer=config["postprocess"]["layer"],
+        algorithm=lambda wildcards: canonical(method_spec(wildcards.method)[0]),
+        method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
+        fit_on=canonical(config["postprocess"]["fit_on"]),
+        train_batches=canonical(config["postprocess"]["train_batches"]),
+        layer=canonical(config["postprocess"]["layer"]),
     threads: rule_threads("postprocess")
     resources:
         **rule_resources("postprocess"),
     log:
-        "logs/postprocess/{model}/{method}.log",
+        "<logs>/postprocess/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

@@ -3,17 +3,18 @@
 
 rule score_separation:
     input:
-        adata="results/postprocess/{model}/{method}.h5ad",
+        adata="<results>/postprocess/{model}/{method}.h5ad",
+        checked=score_checks,
     output:
-        scores="results/scores/{model}/{method}.tsv",
+        scores="<results>/scores/{model}/{method}.tsv",
     params:
-        scores=config["scores"],
-        labels=config["labels"],
+        scores=canonical(config["scores"]),
+        labels=canonical(config["labels"]),
     threads: rule_threads("score_separation")
     resources:
         **rule_resources("score_separation"),
     log:
-        "logs/score/{model}/{method}.log",
+        "<logs>/score/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
     script:

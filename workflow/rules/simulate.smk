@@ -6,10 +6,10 @@ rule simulate_design:
         design=f"{SIM_ROOT}/design.tsv",
         relations=f"{SIM_ROOT}/relations.tsv",
     params:
-        sim=config["simulate"]["params"],
-        seed=SEED,
+        sim=canonical(config["simulate"]["params"]),
+        seed=canonical(SEED),
     log:
-        "logs/simulate/design.log",
+        "<logs>/simulate/design.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -22,14 +22,14 @@ rule simulate_plate:
         platemap=f"{SIM_ROOT}/platemaps/{{plate}}.csv",
         truth=f"{SIM_ROOT}/truth/{{plate}}.tsv",
     params:
-        batch=lambda wildcards: plate_row(wildcards.plate)["batch"],
-        sim=config["simulate"]["params"],
-        seed=SEED,
+        batch=lambda wildcards: canonical(plate_row(wildcards.plate)["batch"]),
+        sim=canonical(config["simulate"]["params"]),
+        seed=canonical(SEED),
     threads: rule_threads("simulate_plate")
     resources:
         **rule_resources("simulate_plate"),
     log:
-        "logs/simulate/{plate}.log",
+        "<logs>/simulate/{plate}.log",
     conda:
         "../../envs/core.yaml"
     script:

@@ -26,14 +26,14 @@ wildcard_constraints:
 
 rule synthetic_dataset:
     output:
-        data="results/synthetic/data/{dataset}.npz",
+        data="<results>/synthetic/data/{dataset}.npz",
     params:
-        synthetic=SYN_DATA,
+        synthetic=canonical(SYN_DATA),
     threads: rule_threads("synthetic_dataset")
     resources:
         **rule_resources("synthetic_dataset"),
     log:
-        "logs/synthetic/data_{dataset}.log",
+        "<logs>/synthetic/data_{dataset}.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -42,17 +42,17 @@ rule synthetic_dataset:
 
 rule synthetic_train:
     input:
-        data="results/synthetic/data/{dataset}.npz",
+        data="<results>/synthetic/data/{dataset}.npz",
     output:
-        latents="results/synthetic/latents/{dataset}/{arch}/seed{seed}.h5ad",
-        weights="results/synthetic/models/{dataset}/{arch}/seed{seed}.safetensors",
+        latents="<results>/synthetic/latents/{dataset}/{arch}/seed{seed}.h5ad",
+        weights="<results>/synthetic/models/{dataset}/{arch}/seed{seed}.safetensors",
     params:
-        synthetic=SYN_TRAIN,
+        synthetic=canonical(SYN_TRAIN),
     threads: rule_threads("synthetic_train")
     resources:
         **rule_resources("synthetic_train"),
     log:
-        "logs/synthetic/train_{dataset}_{arch}_seed{seed}.log",
+        "<logs>/synthetic/train_{dataset}_{arch}_seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
     script:
@@ -61,17 +61,17 @@ rule synthetic_train:
 
 rule synthetic_score:
     input:
-        latents=lambda wildcards: (f"results/synthetic/latents/{wildcards.dataset}/"
+        latents=lambda wildcards: (f"<results>/synthetic/latents/{wildcards.dataset}/"
                                    f"{base_model(wildcards.variant)}/seed{wildcards.seed}.h5ad"),
     output:
-        scores="results/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
+        scores="<results>/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
     params:
-        synthetic=SYN_SCORE,
+        synthetic=canonical(SYN_SCORE),
     threads: rule_threads("synthetic_score")
     resources:
         **rule_resources("synthetic_score"),
     log:
-        "logs/synthetic/score_{dataset}_{variant}_seed{seed}.log",
+        "<logs>/synthetic/score_{dataset}_{variant}_seed{seed}.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -80,17 +80,17 @@ rule synthetic_score:
 
 rule synthetic_collect:
     input:
-        tables=expand("results/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
+        tables=expand("<results>/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
                       dataset=SYN["datasets"], variant=SYN["models"], seed=SYN["seeds"]),
     output:
-        table="results/synthetic/disentanglement.tsv",
-        summary="results/synthetic/summary.tsv",
-        figure="results/synthetic/disentanglement.png",
+        table="<results>/synthetic/disentanglement.tsv",
+        summary="<results>/synthetic/summary.tsv",
+        figure="<results>/synthetic/disentanglement.png",
     threads: rule_threads("synthetic_collect")
     resources:
         **rule_resources("synthetic_collect"),
     log:
-        "logs/synthetic/collect.log",
+        "<logs>/synthetic/collect.log",
     conda:
         "../../envs/core.yaml"
     script:
@@ -99,6 +99,6 @@ rule synthetic_collect:
 
 rule synthetic_benchmark:
     input:
-        "results/synthetic/disentanglement.tsv",
-        "results/synthetic/summary.tsv",
-        "results/synthetic/disentanglement.png",
+        "<results>/synthetic/disentanglement.tsv",
+        "<results>/synthetic/summary.tsv",
+        "<results>/synthetic/disentanglement.png",

@@ -4,15 +4,15 @@
 
 rule validation_controls:
     output:
-        controls="results/validation/controls.tsv",
-        checks="results/validation/checks.tsv",
+        controls="<results>/validation/controls.tsv",
+        checks="<results>/validation/checks.tsv",
     params:
-        validation=config["validation"],
+        validation=canonical(config["validation"]),
     threads: rule_threads("validation_controls")
     resources:
         **rule_resources("validation_controls"),
     log:
-        "logs/validation/controls.log",
+        "<logs>/validation/controls.log",
     conda:
         "../../envs/core.yaml"
     script:
