@@ -65,13 +65,6 @@ def test_unreadable_config_file(tmp_path):
         load_config(bad, SCHEMA)
 
 
-def test_benchmark_schema_defaults_match_the_code_defaults():
-    """Until the benchmark section is converted (its defaults then live in the schema only)."""
-    from phenoica.benchmarks.generalization import DEFAULT_PARAMS as BENCHMARK
-
-    assert validate_config({}, SCHEMA)["benchmark"] == BENCHMARK
-
-
 # --- one source of truth for defaults ----------------------------------------------------------
 # The function(s) implementing a config section take its keys as keyword-only arguments WITHOUT
 # defaults (the schema holds them) and no other keyword-only arguments; workflow-only keys
@@ -87,7 +80,8 @@ SECTION_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "report": ("phenoica.report:run_method_report",),
     "scores": ("phenoica.metrics.separation:run_scores", "phenoica.metrics.separation:compute_scores"),
     "profiles": ("phenoica.profiles:collect_profiles", "phenoica.profiles:load_profiles"),
-    # "benchmark": (...),        converted by the benchmark work (helper bench)
+    "benchmark": ("phenoica.benchmarks.generalization:run_generalization",
+                  "phenoica.benchmarks.generalization:evaluate_method"),
     # "identifiability": (...),  converted by the identifiability work (helper ident)
     # "synthetic": (...),        converted by the identifiability work (helper ident)
 }
@@ -102,7 +96,6 @@ OTHER_SECTIONS: dict[str, str] = {
     "postprocess": "methods: per-method parameters (class defaults, METHOD_PARAM_DOCS); fit_on, layer "
                    "and train_batches: passed whole to run_postprocess (not converted yet)",
     "resources": "read by the workflow (threads, memory, GPUs of each rule)",
-    "benchmark": "not converted yet (helper bench)",
     "identifiability": "not converted yet (helper ident)",
     "synthetic": "not converted yet (helper ident)",
 }

@@ -170,6 +170,7 @@ ROTATION_INVARIANT: frozenset[tuple[str, str]] = frozenset({
 # folds
 # --------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
 class Fold:
     """One split: ``test`` is a boolean mask over wells; the rest are training wells."""
 
