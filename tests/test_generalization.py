@@ -234,10 +234,10 @@ def test_output_contract(tables):
         assert set(per_pert["metric"]) == set(gen.PROBES)
     protocol = table[table["task"] == "protocol"].set_index(["metric", "fold"])["value"]
     assert summary(table, "protocol", "transductive") == 0.0
-    # 24 training controls per fold: 4 (20 %) reserved, the other 20 fit every probe (cap 10 x 9)
+    # 24 training controls per fold: 4 (20 %) reserved, the other 20 fit every probe (cap 5 x 9)
     assert (protocol.xs("n_reserved_controls") == 4).all()
     assert (protocol.xs("n_probe_controls") == 20).all()
-    assert summary(table, "protocol", "probe_controls_per_case") == 10
+    assert summary(table, "protocol", "probe_controls_per_case") == 5
 
 
 def test_biology_is_found_on_held_out_batches(tables):

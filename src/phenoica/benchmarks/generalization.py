@@ -117,8 +117,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,17 +387,24 @@ def auroc_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
     np.put_along_axis(full_top, top, small.coef.numpy(), axis=1)
     coef["auroc_topk"], intercept["auroc_topk"] = full_top, small.intercept.numpy()
     unconverged += int((~small.converged).sum())
-    # L1 probes: liblinear, one per perturbation (exactly the scikit-learn fit)
-    coef["auroc_l1"], intercept["auroc_l1"] = np.zeros((P, d)), np.zeros(P)
-    for p in range(P):
+    # L1 probes: liblinear, one per perturbation (exactly the scikit-learn fit); liblinear
+    # releases the GIL, so the fits run on the threads the job was given
+    def fit_l1(p: int):
         X = np.concatenate([cases[p, :n_case[p]], C[:n_ctrl[p]]])
         y = np.r_[np.ones(n_case[p], int), np.zeros(n_ctrl[p], int)]
         weight = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
         model = LogisticRegression(C=c_l1, l1_ratio=1.0, solver="liblinear", intercept_scaling=10.0,
                                    tol=1e-6, max_iter=max_iter, random_state=seed)
-        model, warned = _fit_quietly(model, X, y, weight)
-        unconverged += warned
-        coef["auroc_l1"][p], intercept["auroc_l1"][p] = model.coef_[0], model.intercept_[0]
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            return model.fit(X, y, sample_weight=weight)
+
+    coef["auroc_l1"], intercept["auroc_l1"] = np.zeros((P, d)), np.zeros(P)
+    with warnings.catch_warnings(), \
+            ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool_:
+        warnings.simplefilter("ignore", ConvergenceWarning)     # counted from n_iter_ instead
+        for p, model in enumerate(pool_.map(fit_l1, range(P))):
+            unconverged += int(np.max(model.n_iter_) >= max_iter)
+            coef["auroc_l1"][p], intercept["auroc_l1"][p] = model.coef_[0], model.intercept_[0]
     protocol["n_unconverged_probes"] = float(unconverged)
     if unconverged:
         log.warning("auroc: %d of %d probe fits stopped at max_iter=%d", unconverged, 3 * P, max_iter)
@@ -738,7 +747,8 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
                     relations: pd.DataFrame | None = None,
                     method_factory: MethodFactory | None = None, name: str | None = None,
                     fit_on: str = "all", source: str = "wells",
-                    labels: Mapping[str, Any] | None = None, *,
+                    labels: Mapping[str, Any] | None = None,
+                    timings: dict[str, float] | None = None, *,
                     split: str, n_folds: int, max_lobo_batches: int, tasks: Sequence[str],
                     label: str | None, dose: str | None, label_exclude: Sequence[str],
                     auroc_by: str, min_wells: int, probe_c_l2: float, probe_c_l1: float,
@@ -772,6 +782,9 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
     labels
         The workflow's ``labels`` section (``biology``, ``dose``): used where ``label`` / ``dose``
         are null.
+    timings
+        If given, filled with the seconds spent per part (``fit`` = the method's fold fits, then
+        one entry per task), summed over folds.
     split, n_folds, ... seed
         The ``benchmark`` config section (config/README.md). Outside the workflow pass
         ``**{**phenoica.config.schema_defaults("benchmark"), **overrides}``.
@@ -835,12 +848,22 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
     log.info("%s: %d folds (%s), tasks %s", name or method, len(folds),
              ", ".join(f.name for f in folds), tasks)
     fitted = fit_rows(obs, fit_on)
+    timings = {} if timings is None else timings
+    clock = [time.perf_counter()]
+
+    def lap(part: str) -> None:
+        now = time.perf_counter()
+        timings[part] = timings.get(part, 0.0) + now - clock[0]
+        clock[0] = now
+
     rows: list[dict] = []
     pooled: dict[str, list] = {t: [] for t in (*TASKS, "auroc_all")}
     transductive = False
     for i, fold in enumerate(progress(folds, desc=f"benchmark {name or method}")):
+        clock[0] = time.perf_counter()
         Z, transductive = fold_embedding(factory, method, method_params or {}, X, obs, fold,
                                          fit_on=fit_on)
+        lap("fit")
         train_idx, test_idx = np.flatnonzero(fold.train), np.flatnonzero(fold.test)
         obs_tr, obs_te = obs.iloc[train_idx], obs.iloc[test_idx]
         scale_rows = fitted[train_idx]
@@ -858,6 +881,7 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
                      for r in scores.table.itertuples(index=False)]
             rows += [_rows("protocol", k, v, fold.name) for k, v in scores.protocol.items()]
             pooled["auroc_all"].append(scores.table)
+            lap("auroc")
         if "classification" in tasks:
             pred = classification_task(Z[train_idx], obs_tr, Z[test_idx], obs_te, label=classify_by,
                                        c=classifier_c, knn_k=knn_k, knn_metric=knn_metric,
@@ -868,6 +892,7 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
             rows.append(_rows("protocol", "n_classes", pred.loc[pred["seen"], "label"].nunique(),
                               fold.name))
             pooled["classification"].append(pred)
+            lap("classification")
         for task, by in (("retrieval", "perturbation"), ("retrieval_biology", label)):
             if task not in tasks:
                 continue
@@ -876,6 +901,7 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
             rows += retrieval_rows(ap, by=by, task=task, fold=fold.name,
                                    null_size=retrieval_permutations, alpha=fdr_alpha, seed=seed)
             pooled[task].append(ap)
+            lap(task)
         if "relationships" in tasks:
             profiles, names = perturbation_profiles(Z[test_idx], obs_te,
                                                     reference=relationship_reference)
@@ -885,13 +911,16 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
                 rows += _relationship_rows(ranks.rank_left, ranks.rank_right,
                                            relationship_percentiles, fold.name)
                 pooled["relationships"].append(ranks)
+            lap("relationships")
         if "moa" in tasks:
             treatments = treatment_profiles(Z, obs, dose=dose, label=label, exclude=exclude)
             query = treatments["batch"].isin(fold.test_batches).to_numpy()
             pred = moa_nearest_neighbors(treatments, query)
             rows += [_rows("moa", k, v, fold.name) for k, v in moa_scores(pred).items()]
             pooled["moa"].append(pred)
+            lap("moa")
 
+    clock[0] = time.perf_counter()
     rows += _pooled_rows(pooled, label, retrieval_permutations=retrieval_permutations,
                          fdr_alpha=fdr_alpha, relationship_percentiles=relationship_percentiles,
                          seed=seed)
@@ -904,6 +933,9 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
             rows.append(_rows("protocol", "probe_controls_per_case", probe_controls_per_case, POOLED))
     if "classification" in tasks:
         rows.append(_rows("protocol", "n_classes_total", len(class_values), POOLED))
+    lap("pooled")
+    log.info("%s: seconds per part (all folds): %s", name or method,
+             ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     if transductive:
         log.warning("%s is transductive: fitted on training and test wells (test labels hidden)",
                     name or method)

@@ -87,7 +87,7 @@ def synthetic_screen(*, n_batches: int = 16, plates_per_batch: int = 10,
     for p in np.flatnonzero(active):
         k = rng.integers(1, 4)
         dims = rng.choice(n_bio, size=k, replace=False)
-        effects[p, dims] = rng.choice([-1.0, 1.0], size=k) * rng.uniform(0.3, 2.5, size=k)
+        effects[p, dims] = rng.choice([-1.0, 1.0], size=k) * rng.uniform(0.5, 4.0, size=k)
     A_bio = rng.normal(size=(n_bio, n_features)) / np.sqrt(n_bio) * 2.0
     A_tech = rng.normal(size=(n_tech, n_features)) / np.sqrt(n_tech)
     t_batch = batch_strength * 1.5 * rng.normal(size=(n_batches, n_tech))

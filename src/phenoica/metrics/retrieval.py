@@ -184,9 +184,11 @@ def grouped_average_precision(X: np.ndarray, meta: pd.DataFrame, *, group: str, 
     Xn = torch.from_numpy(normalize_rows(X))
     g_codes, b_codes = codes[group], codes[block]
     by_group = pd.Series(np.flatnonzero(members)).groupby(g_codes[members]).apply(np.asarray)
-    ap = pd.Series(np.nan, index=query_rows)
-    n_pos = pd.Series(0, index=query_rows, dtype=np.int64)
-    n_total = pd.Series(0, index=query_rows, dtype=np.int64)
+    slot = np.full(n, -1, dtype=np.int64)               # row -> position among the queries
+    slot[query_rows] = np.arange(len(query_rows))
+    ap = np.full(len(query_rows), np.nan)
+    n_pos = np.zeros(len(query_rows), dtype=np.int64)
+    n_total = np.zeros(len(query_rows), dtype=np.int64)
     for b in np.unique(b_codes[query_rows]):
         q_all = query_rows[b_codes[query_rows] == b]
         q_all = q_all[np.argsort(g_codes[q_all], kind="stable")]       # chunks hold whole groups
@@ -208,8 +210,9 @@ def grouped_average_precision(X: np.ndarray, meta: pd.DataFrame, *, group: str, 
                 pos = torch.where(ok_t, sims, torch.tensor(-np.inf, dtype=sims.dtype))
                 pos = torch.sort(pos, dim=1, descending=True).values
                 m = ok.sum(1)
-                n_pos[qi] = m
-                n_total[qi] = m + k
+                at = slot[qi]
+                n_pos[at] = m
+                n_total[at] = m + k
                 if k:
                     above = k - torch.searchsorted(neg[local].contiguous(), pos.contiguous(),
                                                    right=True)
@@ -218,13 +221,12 @@ def grouped_average_precision(X: np.ndarray, meta: pd.DataFrame, *, group: str, 
                 hits = torch.arange(1, pos.shape[1] + 1, dtype=torch.float64)[None, :]
                 valid = torch.arange(pos.shape[1])[None, :] < torch.from_numpy(m)[:, None]
                 prec = torch.where(valid, hits / (hits + above.to(torch.float64)), 0.0)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    ap[qi] = np.where(m > 0, prec.sum(1).numpy() / np.maximum(m, 1), np.nan)
+                ap[at] = np.where(m > 0, prec.sum(1).numpy() / np.maximum(m, 1), np.nan)
     out = meta.iloc[query_rows][keys].copy()
     out.index = query_rows
-    out["average_precision"] = ap.to_numpy()
-    out["n_pos_pairs"] = n_pos.to_numpy()
-    out["n_total_pairs"] = n_total.to_numpy()
+    out["average_precision"] = ap
+    out["n_pos_pairs"] = n_pos
+    out["n_total_pairs"] = n_total
     return out
 
 
