@@ -44,6 +44,15 @@ def test_dry_run_plans_every_method(tmp_path):
     for rule in ("postprocess", "score_separation", "benchmark_generalization"):
         assert sorted(by_rule[rule]) == sorted(METHODS), rule
     assert len(by_rule["collect_profiles"]) == 1
+    # a ComBat with covariates cannot be benchmarked: the dry run stops, saying why
+    config = yaml.safe_load((project.root / args[1]).read_text())
+    config["postprocess"]["methods"]["combat_cov"] = {"method": "combat",
+                                                      "covariates": ["perturbation"]}
+    (project.root / "config" / "combat.yaml").write_text(yaml.safe_dump(config))
+    run = project.snakemake("-n", "--configfile", "config/combat.yaml", check=False)
+    assert run.returncode != 0
+    assert "postprocess.methods.combat_cov.covariates" in run.stdout + run.stderr
+    assert "hidden labels" in run.stdout + run.stderr
 
 
 @pytest.mark.slow
