@@ -77,8 +77,13 @@ def test_example_runs_end_to_end_on_a_20000_well_table(tmp_path):
         assert value[(method, "protocol", "auroc_perturbations_total")] == 400
         assert value[(method, "auroc", "n_perturbations")] == 100  # auroc_max_perturbations
         assert value[(method, "protocol", "n_classes_total")] == 400
-    # uncorrected experiment offsets: the held-out wells look unlike training controls
-    assert value[("tvn", "auroc_cross", "auroc_l2")] < value[("base", "auroc_cross", "auroc_l2")]
+    # uncorrected experiment offsets move the held-out wells away from the training controls:
+    # auroc_cross leaves the within-batch auroc further for the raw embedding than after TVN
+    per = bench[(bench["fold"] == "pooled") & bench["perturbation"].notna()
+                & (bench["metric"] == "auroc_l2")].pivot_table(index=["method", "perturbation"],
+                                                                columns="task", values="value")
+    gap = (per["auroc_cross"] - per["auroc"]).abs().groupby(level="method").mean()
+    assert gap["base"] > gap["tvn"]
     scores = pd.read_csv(project.results() / "scores.tsv", sep="\t")
     overall = scores[scores["component"] == "all"].pivot_table(index="method", columns="metric",
                                                                 values="value")
