@@ -74,13 +74,6 @@ def test_unreadable_config_file(tmp_path):
         load_config(bad, SCHEMA)
 
 
-def test_benchmark_schema_defaults_match_the_code_defaults():
-    """Until the benchmark section is converted (its defaults then live in the schema only)."""
-    from phenoica.benchmarks.generalization import DEFAULT_PARAMS as BENCHMARK
-
-    assert validate_config({}, SCHEMA)["benchmark"] == BENCHMARK
-
-
 # --- one source of truth for defaults ----------------------------------------------------------
 # The function(s) implementing a config section take its keys as keyword-only arguments WITHOUT
 # defaults (the schema holds them) and no other keyword-only arguments; workflow-only keys
@@ -97,7 +90,8 @@ SECTION_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "scores": ("phenoica.metrics.separation:run_scores", "phenoica.metrics.separation:compute_scores"),
     "profiles": ("phenoica.profiles:collect_profiles", "phenoica.profiles:load_profiles"),
     "validation": ("phenoica.validation:run_validation_controls",),
-    # "benchmark": (...),        converted by the benchmark work (helper bench)
+    "benchmark": ("phenoica.benchmarks.generalization:run_generalization",
+                  "phenoica.benchmarks.generalization:evaluate_method"),
     # "identifiability": (...),  converted by the identifiability work (helper ident)
     # "synthetic": (...),        converted by the identifiability work (helper ident)
 }
@@ -115,7 +109,6 @@ OTHER_SECTIONS: dict[str, str] = {
     "rotation_null": "split by the workflow: n_rotations and first_seed -> run_rotation_null (one null "
                      "per PCA+Rand output), n_bootstrap and bootstrap_seed -> collect_results (the "
                      "summary's intervals)",
-    "benchmark": "not converted yet (helper bench)",
     "identifiability": "not converted yet (helper ident)",
     "synthetic": "not converted yet (helper ident)",
 }

@@ -21,7 +21,7 @@ from phenoica.io import write_h5ad
 from phenoica.metrics.separation import ALL, compute_scores
 from phenoica.postprocess import make_method, run_postprocess
 
-FAST = {"labels": {"biology": "mechanism"}, "tasks": ["auroc"]}
+FAST = {**schema_defaults("benchmark"), "label": "mechanism", "tasks": ["auroc"]}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,11 +42,10 @@ def test_shared_whitening_gives_pca_rand_exactly_and_fits_each_fold_once(wells):
     factory = nulls.SharedWhitening({"n_components": 6, "seed": 99})
     for seed in (3, 4):
         factory.set_seed(seed)
-        shared = gen.evaluate_method(wells.X, wells.obs, method="pca_rand",
-                                     method_params={"n_components": 6}, params=FAST,
-                                     method_factory=factory)
-        plain = gen.evaluate_method(wells.X, wells.obs, method="pca_rand",
-                                    method_params={"n_components": 6, "seed": seed}, params=FAST)
+        shared = gen.evaluate_method(wells.X, wells.obs, "pca_rand", {"n_components": 6},
+                                     method_factory=factory, **FAST)
+        plain = gen.evaluate_method(wells.X, wells.obs, "pca_rand", {"n_components": 6, "seed": seed},
+                                    **FAST)
         pd.testing.assert_frame_equal(shared, plain)
     # one whitening per held-out batch, reused by the second rotation
     assert len(factory._fits) == wells.obs["batch"].nunique()
@@ -73,7 +72,7 @@ def test_null_scores_of_a_seed_are_pca_rand_with_that_seed(wells):
 def test_null_benchmarks_keep_only_coordinate_dependent_pooled_rows(wells):
     table = nulls.rotation_null_benchmarks(
         wells.X, wells.obs, seeds=[0, 1, 2], method_params={"n_components": 6, "seed": 0},
-        params=gen.resolve_params({**FAST, "tasks": ["auroc", "classification"]}))
+        params={**FAST, "tasks": ["auroc", "classification"]})
     assert list(table.columns) == nulls.NULL_COLUMNS
     assert set(table["task"]) == {"auroc"}  # classification is rotation invariant: not rerun
     assert set(table["metric"]) == {"auroc_l1", "auroc_topk"}  # auroc_l2 and counts left out
@@ -91,7 +90,7 @@ def test_run_rotation_null_writes_the_interface_table(wells, tmp_path):
                             method_params={"n_components": 6, "seed": 0}, n_rotations=3,
                             first_seed=10, scores=schema_defaults("scores"),
                             labels={"biology": "mechanism"},
-                            benchmark={"tasks": ["auroc", "retrieval"]}, layer=None, fit_on="all",
+                            benchmark={**schema_defaults("benchmark"), "tasks": ["auroc", "retrieval"]}, layer=None, fit_on="all",
                             relations_path=None)
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns) == ["method", "task", "metric", "seed", "value"]
@@ -190,11 +189,11 @@ def test_bbbc021_single_rotation_topk_win_is_inside_the_null():
         "moa": table["Metadata_MOA"].astype(str), "is_control": table["Metadata_Compound"].eq("DMSO")})
     obs.index = table["Metadata_Plate"].astype(str) + ":" + table["Metadata_Well"].astype(str)
     X = table[feats].to_numpy(np.float32)
-    params = gen.resolve_params({"labels": {"biology": "moa"}, "auroc_by": "moa", "tasks": ["auroc"],
-                                 "split": "leave_one_batch_out"})
+    params = {**schema_defaults("benchmark"), "label": "moa", "auroc_by": "moa", "tasks": ["auroc"],
+              "split": "leave_one_batch_out"}
     pca50 = {"n_components": 50, "standardize": True}
     null = nulls.rotation_null_benchmarks(X, obs, seeds=range(20), method_params=pca50, params=params)
-    ica = gen.evaluate_method(X, obs, method="pca_ica", method_params=pca50, params=params)
+    ica = gen.evaluate_method(X, obs, "pca_ica", pca50, **params)
     value = ica[(ica["fold"] == "pooled") & (ica["perturbation"].fillna("") == "")
                 & (ica["metric"] == "auroc_topk")]["value"].iloc[0]
     topk = null[null["metric"] == "auroc_topk"]["value"].to_numpy()

@@ -146,3 +146,30 @@ def test_profile_errors_name_the_file(tmp_path, edit, kwargs, message):
 def test_missing_file():
     with pytest.raises(InputError, match="profiles table not found"):
         load_profiles("absent.csv", **KW)
+
+
+RXRX3_CORE_KW = {**PROFILES, "batch_col": "experiment_name", "perturbation_col": "treatment",
+                 "control_value": "EMPTY_control", "plate_col": ["experiment_name", "plate"],
+                 "well_col": "address", "feature_cols": "feature_*"}
+
+
+def test_rxrx3_core_layout(tmp_path):
+    """The published RxRx3-core OpenPhenom layout: well_id, experiment_name, plate numbered
+    within the experiment, address on a 1536-well plate, treatment, feature_0.. feature_383 (and
+    numeric metadata that must not become a feature)."""
+    from phenoica.benchmarks.screen import rxrx3_core_table, synthetic_screen
+
+    X, obs, _ = synthetic_screen(n_batches=2, plates_per_batch=2, wells_per_plate=60,
+                                 n_perturbations=12, n_features=384, seed=3)
+    table = rxrx3_core_table(X, obs)
+    table["concentration"] = 0.1  # numeric metadata, as in the published table
+    table.to_parquet(tmp_path / "rxrx3_core.parquet")
+    adata = load_profiles(tmp_path / "rxrx3_core.parquet", **RXRX3_CORE_KW)
+    assert adata.shape == (240, 384) and list(adata.var_names[:2]) == ["feature_0", "feature_1"]
+    np.testing.assert_array_equal(adata.X, X)
+    assert sorted(adata.obs["plate"].unique()) == ["exp-001_1", "exp-001_2", "exp-002_1", "exp-002_2"]
+    assert not adata.obs_names.has_duplicates
+    assert adata.obs["is_control"].sum() == obs["is_control"].sum()
+    assert (adata.obs["well"].astype(str) == obs["well"].astype(str).to_numpy()).all()
+    with pytest.raises(InputError, match="feature_cols pattern 'emb_\\*'"):
+        load_profiles(tmp_path / "rxrx3_core.parquet", **{**RXRX3_CORE_KW, "feature_cols": "emb_*"})

@@ -189,3 +189,55 @@ def test_nearest_neighbor_with_exclusions():
     assert list(nscb["correct"]) == [False, False, False, True, True]
     lonely = rt.nearest_neighbor_labels(X[:2], labels[:2], exclude_same=[compound[:2]])
     assert list(lonely["neighbor"]) == [-1, -1] and not lonely["correct"].any()
+
+
+def controls_screen(n: int = 300, seed: int = 0):
+    X, meta = screen(n=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    control = rng.random(n) < 0.3
+    meta.loc[control, "pert"] = "ctrl"
+    meta["moa"] = meta["pert"].map(lambda p: "ctrl" if p == "ctrl" else f"m{int(p[1:]) % 3}")
+    return X, meta, control, rng.random(n) < 0.6
+
+
+@pytest.mark.parametrize(("group", "pos_diffby"), [("pert", ["batch"]), ("moa", ["batch", "pert"])])
+def test_grouped_average_precision_equals_all_pairs_on_each_group_with_its_controls(group, pos_diffby):
+    """The screen-scale retrieval (replicates vs the controls of the query's batch) is the
+    all-pairs AP with copairs' rules run on the wells of one group plus all controls."""
+    X, meta, control, queries = controls_screen()
+    ours = rt.grouped_average_precision(X, meta, group=group, block="batch", reference=control,
+                                        pos_diffby=pos_diffby, query_mask=queries, chunk_size=11)
+    parts = []
+    for value in sorted(set(meta.loc[~control, group])):
+        rows = np.flatnonzero((meta[group] == value).to_numpy() | control)
+        part = rt.average_precision(X[rows], meta.iloc[rows].reset_index(drop=True),
+                                    pos_sameby=[group], pos_diffby=pos_diffby, neg_sameby=["batch"],
+                                    neg_diffby=[group], query_mask=(queries & ~control)[rows],
+                                    show_progress=False)
+        part.index = rows[part.index]
+        parts.append(part)
+    ref = pd.concat(parts).sort_index()
+    ours = ours.sort_index()
+    assert list(ours.index) == list(ref.index) and len(ours) > 50
+    np.testing.assert_allclose(ours["average_precision"], ref["average_precision"], atol=1e-6,
+                               equal_nan=True)
+    assert (ours["n_pos_pairs"] == ref["n_pos_pairs"]).all()
+    assert (ours["n_total_pairs"] == ref["n_total_pairs"]).all()
+
+
+def test_grouped_average_precision_matches_copairs():
+    copairs_map = pytest.importorskip("copairs.map")
+    X, meta, control, _ = controls_screen(seed=1)
+    ours = rt.grouped_average_precision(X, meta, group="pert", block="batch", reference=control,
+                                        pos_diffby=["batch"])
+    for value in ("p0", "p5"):
+        rows = np.flatnonzero((meta["pert"] == value).to_numpy() | control)
+        ref = copairs_map.average_precision(meta.iloc[rows].reset_index(drop=True), X[rows],
+                                            pos_sameby=["pert"], pos_diffby=["batch"],
+                                            neg_sameby=["batch"], neg_diffby=["pert"],
+                                            progress_bar=False)
+        ref.index = rows
+        queried = [i for i in rows if not control[i]]
+        np.testing.assert_allclose(ours.loc[queried, "average_precision"].to_numpy(),
+                                   ref.loc[queried, "average_precision"].to_numpy(), atol=1e-6,
+                                   equal_nan=True)

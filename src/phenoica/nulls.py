@@ -204,12 +204,14 @@ def rotation_null_benchmarks(X: np.ndarray, obs: pd.DataFrame, *, seeds: Sequenc
                              method_params: Mapping[str, Any], params: Mapping[str, Any],
                              method: str = "pca_rand", fit_on: str = "all",
                              relations: pd.DataFrame | None = None,
+                             labels: Mapping[str, Any] | None = None,
                              source: str = "wells") -> pd.DataFrame:
     """Held-out-batch benchmarks of PCA+Rand for every seed, on the coordinate-dependent tasks.
 
     ``X``/``obs``: the raw wells; ``method_params``: the PCA+Rand output's parameters (its own
-    ``seed`` is replaced by each null seed); ``params``: the ``benchmark`` config section as
-    :func:`phenoica.benchmarks.generalization.evaluate_method` takes it. Every fold's whitening
+    ``seed`` is replaced by each null seed); ``params``: the whole ``benchmark`` config section
+    (every key, as :func:`phenoica.benchmarks.generalization.evaluate_method` takes it);
+    ``labels``: the workflow's ``labels`` section. Every fold's whitening
     is fitted once (:class:`SharedWhitening`). Returns the pooled whole-fold rows of every
     coordinate-dependent (task, metric) as the long null table.
     """
@@ -222,9 +224,9 @@ def rotation_null_benchmarks(X: np.ndarray, obs: pd.DataFrame, *, seeds: Sequenc
     rows: list[tuple[str, str, int, float]] = []
     for seed in progress(list(seeds), desc=f"rotation null {method}: benchmarks"):
         factory.set_seed(seed)
-        table = evaluate_method(X, obs, method="pca_rand", method_params=dict(method_params),
-                                params={**dict(params), "tasks": tasks}, relations=relations,
-                                method_factory=factory, name=method, fit_on=fit_on, source=source)
+        table = evaluate_method(X, obs, "pca_rand", dict(method_params), relations=relations,
+                                method_factory=factory, name=method, fit_on=fit_on, source=source,
+                                labels=labels, **{**dict(params), "tasks": tasks})
         pert = table["perturbation"].astype(object).fillna("").astype(str)
         whole = table[(table["fold"].astype(str) == POOLED) & (pert == "")
                       & (table["task"] != "protocol")]
@@ -265,13 +267,12 @@ def run_rotation_null(wells_path: str, postprocessed_path: str, *, out_tsv: str,
              len(seeds), seeds[0], seeds[-1], white.shape[0], white.shape[1])
     score_table = rotation_null_scores(white, post.obs, seeds=seeds, method=method, truth=truth,
                                        score_params=scores, bio_key=labels.get("biology"))
-    from .benchmarks.generalization import read_relations, resolve_params
+    from .benchmarks.generalization import read_relations
 
-    bench_params = resolve_params({**dict(benchmark), "labels": dict(labels)})
     relations = read_relations(relations_path) if relations_path else None
     bench_table = rotation_null_benchmarks(X, wells.obs, seeds=seeds, method_params=method_params,
-                                           params=bench_params, method=method, fit_on=fit_on,
-                                           relations=relations, source=wells_path)
+                                           params=dict(benchmark), method=method, fit_on=fit_on,
+                                           relations=relations, labels=labels, source=wells_path)
     table = pd.concat([score_table, bench_table], ignore_index=True)
     write_tsv(table, out_tsv)
     log.info("rotation null of %s: %d rows -> %s", method, len(table), out_tsv)

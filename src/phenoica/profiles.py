@@ -31,8 +31,9 @@ CONTRACT_COLUMNS = ("plate", "well", "batch", "perturbation", "is_control")
 
 
 def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: str, control_value: str | None,
-                  control_col: str | None, label_cols: Sequence[str], plate_col: str | None,
-                  well_col: str | None, feature_cols: Sequence[str] | None) -> ad.AnnData:
+                  control_col: str | None, label_cols: Sequence[str],
+                  plate_col: str | Sequence[str] | None, well_col: str | None,
+                  feature_cols: str | Sequence[str] | None) -> ad.AnnData:
     """Load a per-well profiles table into the wells contract.
 
     The keyword-only arguments are the ``profiles`` config section (config/README.md; outside
@@ -53,10 +54,13 @@ def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: 
         other metadata column and listed in ``uns["profiles"]["label_cols"]``.
     plate_col, well_col
         Plate and well columns; ``None`` when the table has none (plate then equals batch, well
-        is ``w<row number>``).
+        is ``w<row number>``). ``plate_col`` may list several columns whose values are joined
+        with ``_`` (RxRx3-core numbers plates within each experiment: ``[experiment_name,
+        plate]`` gives ``gene-001_1``).
     feature_cols
-        Feature columns; by default every numeric column not named ``Metadata_*`` and not used
-        as metadata above.
+        Feature columns: a list, or one glob pattern (``feature_*``: the published RxRx3-core
+        OpenPhenom embeddings); by default every numeric column not named ``Metadata_*`` and not
+        used as metadata above.
 
     Returns
     -------
@@ -76,9 +80,10 @@ def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: 
         raise InputError(src, "profiles table has no rows")
     table.columns = [str(c) for c in table.columns]
 
+    plate_cols = [plate_col] if isinstance(plate_col, str) else list(plate_col or [])
     named = {"batch_col": batch_col, "perturbation_col": perturbation_col,
-             "control_col": control_col, "plate_col": plate_col, "well_col": well_col}
-    wanted = [c for c in named.values() if c] + list(label_cols or [])
+             "control_col": control_col, "well_col": well_col}
+    wanted = [c for c in named.values() if c] + plate_cols + list(label_cols or [])
     missing = [c for c in dict.fromkeys(wanted) if c not in table.columns]
     if missing:
         meta = [c for c in table.columns if c.startswith(METADATA_PREFIX)]
@@ -93,8 +98,13 @@ def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: 
 
     obs = pd.DataFrame(index=table.index)
     obs["batch"] = _identifiers(table[batch_col], "batch", src, batch_col)
-    obs["plate"] = (_identifiers(table[plate_col], "plate", src, plate_col) if plate_col
-                    else obs["batch"])
+    if plate_cols:
+        plates = table[plate_cols[0]].astype(str)
+        for col in plate_cols[1:]:
+            plates = plates + "_" + table[col].astype(str)
+        obs["plate"] = _identifiers(plates, "plate", src, "+".join(plate_cols))
+    else:
+        obs["plate"] = obs["batch"]
     if well_col:
         obs["well"] = [normalize_well(w, source=f"{src}, row {i + 1}, column {well_col!r}")
                        for i, w in enumerate(table[well_col])]
@@ -110,7 +120,9 @@ def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: 
 
     # obs name of every source column: contract columns by role, the rest without the prefix
     obs_name = {c: role for c, role in ((batch_col, "batch"), (perturbation_col, "perturbation"),
-                                        (plate_col, "plate"), (well_col, "well")) if c}
+                                        (well_col, "well")) if c}
+    if len(plate_cols) == 1:
+        obs_name[plate_cols[0]] = "plate"
     for col in meta_cols:
         if col in obs_name:
             continue
@@ -145,7 +157,15 @@ def load_profiles(path: str | os.PathLike, *, batch_col: str, perturbation_col: 
 
 
 def _feature_columns(table: pd.DataFrame, src: Path, used_meta: set[str],
-                     feature_cols: Sequence[str] | None) -> list[str]:
+                     feature_cols: str | Sequence[str] | None) -> list[str]:
+    if isinstance(feature_cols, str):
+        import fnmatch
+
+        matched = [c for c in table.columns if fnmatch.fnmatchcase(c, feature_cols)]
+        if not matched:
+            raise InputError(src, f"no column matches feature_cols pattern {feature_cols!r} "
+                                  f"(columns: {list(table.columns)[:12]}...)")
+        feature_cols = matched
     if feature_cols is not None:
         features = list(feature_cols)
         missing = [c for c in features if c not in table.columns]
@@ -209,8 +229,8 @@ def _control_mask(table: pd.DataFrame, src: Path, perturbation_col: str,
 
 def collect_profiles(path: str | os.PathLike, out_h5ad: str | os.PathLike, *, batch_col: str,
                      perturbation_col: str, control_value: str | None, control_col: str | None,
-                     label_cols: Sequence[str], plate_col: str | None, well_col: str | None,
-                     feature_cols: Sequence[str] | None) -> None:
+                     label_cols: Sequence[str], plate_col: str | Sequence[str] | None,
+                     well_col: str | None, feature_cols: str | Sequence[str] | None) -> None:
     """Load a profiles table (:func:`load_profiles`, same keyword arguments), record provenance,
     write ``out_h5ad`` atomically. This is the rule function of the profiles entry point."""
     options = section_values(collect_profiles, locals())

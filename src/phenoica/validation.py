@@ -247,8 +247,8 @@ def measure_control(data: ControlData, *, n_rotations: int, top_k: int, seed: in
                                                      method_params={"n_components": k},
                                                      params=bench, source=data.kind)],
                      ignore_index=True)
-    ica_bench = evaluate_method(X, obs, method="pca_ica", method_params={"n_components": k, "seed": seed},
-                                params=bench, source=data.kind)
+    ica_bench = evaluate_method(X, obs, "pca_ica", {"n_components": k, "seed": seed}, source=data.kind,
+                                **bench)
     pooled = ica_bench[(ica_bench["fold"] == "pooled") & (ica_bench["perturbation"].fillna("") == "")
                        & ica_bench["metric"].str.startswith("auroc")]
     ica_values = {("scores", m): float(v) for m, v in whole["pca_ica"].items()}

@@ -1,4 +1,8 @@
 # Held-out-batch generalization benchmarks: every fit sees the training batches only.
+from phenoica.benchmarks.checks import check_benchmark_methods
+
+# a method the folds cannot run honestly (ComBat with covariates) stops the dry run
+check_benchmark_methods({method: method_spec(method) for method in METHODS})
 
 
 rule benchmark_generalization:

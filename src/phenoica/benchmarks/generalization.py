@@ -12,31 +12,60 @@ variants) use the test batch's control wells for that, as their definition requi
 nothing else. Transductive methods (``method.transductive``: ComBat, Harmony) must see the wells
 they correct: they are fitted on the training *and* test wells, with every label of the test
 wells (perturbation, biology label, dose; everything but plate, well, row, col, batch, the control
-flag and site counts) hidden, and the output says so (``task=protocol, metric=transductive, value=1``).
+flag and site counts) hidden, and the output says so (``task=protocol, metric=transductive,
+value=1``). For the same reason ComBat with ``covariates`` cannot be benchmarked: the covariates
+of the held-out wells are hidden labels (:func:`phenoica.benchmarks.checks.check_benchmark_methods`
+refuses it when the workflow loads).
+
+Probe standardisation (``probe_scaling: standardize``): before the logistic probes and the linear
+classifier, each coordinate is centred and scaled with the mean and standard deviation of the
+training wells the method was fitted on (``postprocess.fit_on``: all training wells, or only the
+training controls). A representation whitened on those same wells is left as it is (up to one
+common factor), so PCA, PCA+ICA and PCA+Rand, which differ by a rotation, tie exactly on the
+rotation-invariant metrics (:data:`ROTATION_INVARIANT`) with either ``fit_on``; raw features
+(``base``), whose scales can differ by orders of magnitude, are put on one scale.
 
 Tasks (``task`` column of the output)
 -------------------------------------
 - ``auroc``: control-vs-perturbed classification per perturbation (or per biology label,
-  ``auroc_by``), trained on training batches, AUROC on the test batch. Three probes:
-  ``auroc_l2`` (L2 logistic regression: rotation invariant, so identical for PCA, PCA+ICA and
-  PCA+Rand), ``auroc_l1`` (L1-sparse logistic regression) and ``auroc_topk`` (L2 logistic
-  regression on the ``top_k`` coordinates with the largest training effect size). Only the last two
-  can show what a particular rotation (ICA) buys (``docs/science.md``). Before the
-  logistic probes each coordinate is standardised with the training wells' mean and standard
-  deviation (``probe_scaling``): raw features (``base``) can differ in scale by orders of magnitude,
-  while a representation whitened on the same training wells is left unchanged, so the tie holds.
+  ``auroc_by``), trained on training batches, AUROC of the held-out perturbed wells against the
+  held-out batch's own control wells (the paper's task). Three probes: ``auroc_l2`` (L2 logistic
+  regression: rotation invariant, so identical for PCA, PCA+ICA and PCA+Rand), ``auroc_l1``
+  (L1-sparse logistic regression) and ``auroc_topk`` (L2 logistic regression on the ``top_k``
+  coordinates with the largest training effect size). Only the last two can show what a
+  particular rotation (ICA) buys. Test cases and test controls share their batch, so a constant
+  batch shift moves both and changes no score: this task *cannot see* whether a method removes
+  batch effects, only whether the biology is still linearly separable inside one batch.
+- ``auroc_cross``: the same probes, AUROC of the held-out perturbed wells against control wells
+  of the *training* batches that no probe was fitted on (``cross_controls``: a seeded share of each
+  fold's training controls is reserved). A held-out batch that is shifted or scaled relative to the
+  training batches separates its wells from those controls whatever the perturbation, so
+  uncorrected batch effects pull this AUROC away from what the biology gives (towards 1 or 0);
+  it *can see* batch removal, and mixes it with biology.
+- ``auroc_pooled``: against the reserved training controls and the held-out batch's controls
+  together (what a screen that pools controls across batches would see).
 - ``classification``: multi-class classification of the biology label (perturbation if none) of
   non-control test wells: ``accuracy_linear``/``macro_f1_linear`` (multinomial L2 logistic
   regression), ``accuracy_knn``/``macro_f1_knn`` (kNN, cosine by default). Test wells whose class
   never occurs in the training batches are not scored (``n_test_wells`` counts the scored wells,
-  ``n_unseen_class_wells`` the others).
-- ``retrieval``: cross-batch replicate retrieval. Each non-control test well queries all wells;
-  positives are wells of the same perturbation in *other* batches, negatives wells of other
-  perturbations (controls included) in any batch (copairs: ``pos_sameby=[perturbation]``,
-  ``pos_diffby=[batch]``, ``neg_diffby=[perturbation]``). ``map`` per perturbation, its permutation
-  ``p_value`` and BH ``q_value``; ``fraction_significant`` = share with q < ``fdr_alpha``.
+  ``n_unseen_class_wells`` the others). With more than ``classify_max_classes`` classes, a seeded
+  random subset of that many classes (the same in every fold) is classified: training and test
+  wells of the other classes are left out (protocol rows ``n_classes``, ``n_classes_total``), so
+  the scores are those of a ``classify_max_classes``-way problem; chance level is
+  ``1 / n_classes``.
+- ``retrieval``: cross-batch replicate retrieval against controls (copairs' grouped approach).
+  Each non-control test well queries its replicates and the controls of its own batch: positives
+  are wells of the same perturbation in *other* batches, negatives the control wells of the
+  query's batch (copairs, on the wells of one perturbation plus the controls:
+  ``pos_sameby=[perturbation]``, ``pos_diffby=[batch]``, ``neg_sameby=[batch]``,
+  ``neg_diffby=[perturbation]``). A replicate must beat the controls that share the query's batch
+  effects. Cost grows with wells x controls per batch, not with the square of the wells. ``map``
+  per perturbation, its permutation ``p_value`` and BH ``q_value``; ``fraction_significant`` =
+  share with q < ``fdr_alpha``. (Before the screen-scale version the negatives were the wells of
+  every other perturbation too, in every batch; values are not comparable with that version.)
 - ``retrieval_biology``: the same by biology label, with positives also from another perturbation
-  (``pos_sameby=[label]``, ``pos_diffby=[batch, perturbation]``, ``neg_diffby=[label]``).
+  (``pos_sameby=[label]``, ``pos_diffby=[batch, perturbation]``; negatives the query batch's
+  controls).
 - ``relationships``: known-relationship recall (EFAAR convention). Perturbation profiles = mean of
   the test wells of each perturbation, each well first taken relative to the mean control well of
   its batch (``relationship_reference: controls``, the usual "perturbation minus control" profile;
@@ -50,7 +79,27 @@ Tasks (``task`` column of the output)
   representation of all wells; each treatment of a test batch finds its nearest other treatment by
   cosine similarity: ``nsc_accuracy`` (not the same compound), ``nscb_accuracy`` (not the same
   compound or batch).
-- ``protocol``: ``n_train_wells``/``n_test_wells`` per fold, ``n_folds`` and ``transductive``.
+- ``protocol``: how the numbers were made. Per fold: ``n_train_wells``, ``n_test_wells``,
+  ``n_reserved_controls`` (training controls kept out of every probe for ``auroc_cross``),
+  ``n_probe_controls`` (mean control wells per probe), ``n_auroc_perturbations``,
+  ``n_unconverged_probes``, ``n_classes``; pooled: ``n_folds``, ``transductive``,
+  ``probe_controls_per_case`` (when set), ``cross_controls``, ``auroc_perturbations_total`` and
+  ``n_classes_total`` (before any subsampling).
+
+Screen-sized data
+-----------------
+The probes are what grows with a screen (three per perturbation and fold). They are fitted
+together per fold (:mod:`phenoica.benchmarks.logistic`): the L2 probes of every perturbation by
+batched, preconditioned L-BFGS on one shared, seeded order of the fold's probe controls (probe of
+a perturbation with n training wells: the first ``probe_controls_per_case`` x n of them), the
+top-k probes by batched Newton steps, and the L1 probes by liblinear (scikit-learn), which solves
+this problem faster than any batched first-order method tried. All minimise scikit-learn's
+objective with balanced class weights on the probe's rows, so they agree with ``LogisticRegression``
+fitted on the same rows (tests: AUROC to 1e-4). Every probe of a perturbation is scored on the
+held-out wells by one matrix product. ``auroc_max_perturbations`` bounds the number of
+perturbations scored (a seeded subset, the same in every fold and for every method; the mean over
+perturbations is then an estimate from that sample). Controls are never subsampled for the test
+side.
 
 Output table
 ------------
@@ -58,7 +107,7 @@ Long format, columns exactly ``method, task, metric, value, fold, perturbation``
 held-out batch (LOBO) or ``fold<i>`` (k-fold), or ``pooled`` for summaries over all folds.
 ``perturbation`` names the perturbation (or biology label value, for ``auroc_by`` a label or the
 ``retrieval_biology`` task) a row is about, and is empty for rows about the whole fold. Pooled
-rows: ``auroc`` per perturbation = mean over the folds that scored it, overall = mean over
+rows: ``auroc*`` per perturbation = mean over the folds that scored it, overall = mean over
 perturbations; ``classification``/``moa`` = predictions of all folds scored together (each well or
 treatment is predicted once, by the fold that held out its batch); ``retrieval``: mAP and p-values
 of the per-well APs of all folds; ``relationships``: the related pairs of all folds.
@@ -68,8 +117,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,96 +138,39 @@ from ..errors import ConfigError, InputError
 from ..io import read_h5ad, read_table, write_tsv
 from ..logs import get_logger, progress
 from ..metrics.retrieval import (
-    average_precision,
+    grouped_average_precision,
     mean_average_precision,
     nearest_neighbor_labels,
     recall_at_percentile,
     relationship_ranks,
 )
+from .checks import check_benchmark_methods
 
 log = get_logger(__name__)
 
 TABLE_COLUMNS = ["method", "task", "metric", "value", "fold", "perturbation"]
-TASKS = ("auroc", "classification", "retrieval", "retrieval_biology", "relationships", "moa")
+AUROC_TASKS = ("auroc", "auroc_cross", "auroc_pooled")
+TASKS = (*AUROC_TASKS, "classification", "retrieval", "retrieval_biology", "relationships", "moa")
+PROBES = ("auroc_l2", "auroc_l1", "auroc_topk")
 POOLED = "pooled"
 #: obs columns a transductive method may see for test wells (everything else is hidden).
 UNLABELLED_COLUMNS = ("plate", "well", "row", "col", "batch", "is_control", "n_sites", "site")
-
-DEFAULT_PARAMS: dict[str, Any] = {
-    # split protocol
-    "split": "auto",              # auto | leave_one_batch_out | kfold
-    "n_folds": 5,                 # folds for kfold (auto: kfold when batches > max_lobo_batches)
-    "max_lobo_batches": 12,
-    "tasks": list(TASKS),         # tasks to run; inapplicable ones are skipped with a log line
-    # labels (the workflow passes config["labels"] as params["labels"]; these override it)
-    "label": None,                # biology label column (e.g. mechanism, moa); None: labels.biology
-    "dose": None,                 # dose column (moa task); None: labels.dose
-    "label_exclude": ["none"],    # label values that mean "no label" (simulator's inactive perturbations)
-    # control-vs-perturbed AUROC
-    "auroc_by": "perturbation",   # obs column whose values are scored one by one
-    "min_wells": 2,               # wells needed per class on each side of a split
-    "probe_c_l2": 1.0,            # inverse regularisation of the L2 probe (and the top-k probe)
-    "probe_c_l1": 1.0,            # inverse regularisation of the L1 probe
-    "top_k": 8,                   # coordinates kept by the top-k probe (ranked on training wells)
-    "probe_max_iter": 1000,
-    "probe_scaling": "standardize",  # standardize (per coordinate, on the training wells) | none
-    # multi-class classification
-    "classify_by": None,          # None: the biology label if set, else perturbation
-    "classifier_c": 1.0,
-    "knn_k": 5,
-    "knn_metric": "cosine",
-    # retrieval
-    "retrieval_permutations": 1000,
-    "fdr_alpha": 0.05,
-    "retrieval_chunk_size": 512,
-    # known relationships
-    "relationship_percentiles": [0.05, 0.1],
-    "relationship_reference": "controls",  # controls (profiles relative to their batch's controls) | none
-    "max_null_entities": 4000,
-    "relations": None,            # path of the relations table (read by the workflow rule)
-    "seed": 0,
-}
-_EXTRA_KEYS = {"labels"}
+#: (task, metric) pairs whose values do not change when the representation is rotated: PCA,
+#: PCA+ICA and PCA+Rand (whitened on the same wells) must tie on them, per fold and perturbation.
+#: The relationship recalls are named for the default ``relationship_percentiles``.
+ROTATION_INVARIANT: frozenset[tuple[str, str]] = frozenset({
+    ("auroc", "auroc_l2"), ("auroc_cross", "auroc_l2"), ("auroc_pooled", "auroc_l2"),
+    ("classification", "accuracy_linear"), ("classification", "macro_f1_linear"),
+    ("classification", "accuracy_knn"), ("classification", "macro_f1_knn"),
+    ("retrieval", "map"), ("retrieval_biology", "map"),
+    ("relationships", "recall_0.05_0.95"), ("relationships", "recall_0.1_0.9"),
+    ("relationships", "recall_top_0.05"), ("relationships", "recall_top_0.1"),
+})
 
 
 # --------------------------------------------------------------------------------------------
-# parameters and folds
+# folds
 # --------------------------------------------------------------------------------------------
-
-def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """DEFAULT_PARAMS updated with ``params``; ``labels: {biology, dose}`` fills ``label``/``dose``.
-
-    Raises ConfigError for unknown keys or values out of range.
-    """
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS) - _EXTRA_KEYS)
-    if unknown:
-        raise ConfigError(f"benchmark: unknown parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
-    labels = dict(params.pop("labels", None) or {})
-    out = {**DEFAULT_PARAMS, **params}
-    if out["label"] is None:
-        out["label"] = labels.get("biology")
-    if out["dose"] is None:
-        out["dose"] = labels.get("dose")
-    if out["split"] not in ("auto", "leave_one_batch_out", "kfold"):
-        raise ConfigError(f"benchmark.split: {out['split']!r} is not auto, leave_one_batch_out or kfold")
-    bad_tasks = sorted(set(out["tasks"]) - set(TASKS))
-    if bad_tasks:
-        raise ConfigError(f"benchmark.tasks: unknown task(s) {bad_tasks}; known: {list(TASKS)}")
-    if out["probe_scaling"] not in ("none", "standardize"):
-        raise ConfigError("benchmark.probe_scaling: must be 'none' or 'standardize', "
-                          f"got {out['probe_scaling']!r}")
-    if out["relationship_reference"] not in ("none", "controls"):
-        raise ConfigError("benchmark.relationship_reference: must be 'none' or 'controls', "
-                          f"got {out['relationship_reference']!r}")
-    for key in ("n_folds", "knn_k", "top_k", "min_wells", "retrieval_permutations"):
-        if int(out[key]) < 1:
-            raise ConfigError(f"benchmark.{key}: must be >= 1, got {out[key]!r}")
-    for p in out["relationship_percentiles"]:
-        if not 0 < float(p) < 0.5:
-            raise ConfigError(f"benchmark.relationship_percentiles: {p!r} is not in (0, 0.5)")
-    return out
-
 
 @dataclass(frozen=True)
 class Fold:
@@ -238,20 +232,22 @@ def _fit_quietly(model, X, y, sample_weight=None):
     return model, any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
-def scale_for_probes(Z_train: np.ndarray, Z_test: np.ndarray,
-                     scaling: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """float64 copies; ``standardize`` centres and scales each coordinate with the training
-    wells' mean and standard deviation. On a representation whitened on those same wells this
-    changes nothing, so the PCA / PCA+ICA / PCA+Rand tie of the L2 probe survives; otherwise it
-    is a per-coordinate step and breaks it slightly."""
+def scale_for_probes(Z_train: np.ndarray, Z_test: np.ndarray, scaling: str = "none",
+                     reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float64 copies; ``standardize`` centres and scales each coordinate with the mean and
+    standard deviation of the ``reference`` training rows (a boolean mask over ``Z_train``: the
+    rows the method was fitted on; default all). On a representation whitened on those same
+    rows this is one common factor, so the PCA / PCA+ICA / PCA+Rand tie of the L2 probe holds;
+    otherwise it is a per-coordinate step."""
     Z_train = np.asarray(Z_train, dtype=np.float64)
     Z_test = np.asarray(Z_test, dtype=np.float64)
     if scaling == "none":
         return Z_train, Z_test
     if scaling != "standardize":
         raise ValueError(f"scaling must be 'none' or 'standardize', got {scaling!r}")
-    mean = Z_train.mean(axis=0)
-    sd = Z_train.std(axis=0, ddof=1) if len(Z_train) > 1 else np.ones(Z_train.shape[1])
+    ref = Z_train if reference is None else Z_train[np.asarray(reference, bool)]
+    mean = ref.mean(axis=0)
+    sd = ref.std(axis=0, ddof=1) if len(ref) > 1 else np.ones(Z_train.shape[1])
     sd[~(sd > 0)] = 1.0
     return (Z_train - mean) / sd, (Z_test - mean) / sd
 
@@ -276,98 +272,208 @@ def effect_size(Z: np.ndarray, is_case: np.ndarray) -> np.ndarray:
     return diff / np.sqrt(var + 1e-12)
 
 
+@dataclass
+class ProbeScores:
+    """What :func:`auroc_task` returns: the rows (``task``, ``metric``, ``value``,
+    ``perturbation``) and per-fold protocol numbers."""
+
+    table: pd.DataFrame
+    protocol: dict[str, float]
+
+
+def _empty_auroc() -> pd.DataFrame:
+    return pd.DataFrame(columns=["task", "metric", "value", "perturbation"])
+
+
 def auroc_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
                obs_test: pd.DataFrame, *, by: str = "perturbation", c_l2: float = 1.0,
                c_l1: float = 1.0, top_k: int = 8, min_wells: int = 2, max_iter: int = 1000,
-               scaling: str = "none", exclude: Sequence[str] = (), seed: int = 0) -> pd.DataFrame:
-    """Control-vs-perturbed AUROC on the test wells for each value of ``obs[by]``.
+               scaling: str = "none", exclude: Sequence[str] = (), seed: int = 0,
+               controls_per_case: int | None = None, scale_rows: np.ndarray | None = None,
+               reserved: np.ndarray | None = None, values: Sequence[str] | None = None,
+               tasks: Sequence[str] = AUROC_TASKS) -> ProbeScores:
+    """Control-vs-perturbed AUROC on the test wells for each value of ``obs[by]``: three probes
+    (``auroc_l2``, ``auroc_l1``, ``auroc_topk``) fitted on training wells, scored against the
+    test batch's controls (``auroc``), the ``reserved`` training controls (``auroc_cross``) and
+    both (``auroc_pooled``).
 
-    Returns rows (``metric``, ``value``, ``perturbation``): ``auroc_l2``, ``auroc_l1``,
-    ``auroc_topk`` per value and their means (``perturbation`` empty), and ``n_perturbations``.
-    Values with fewer than ``min_wells`` wells (or controls) on either side are skipped.
+    ``reserved``: boolean mask over the training rows (controls) that no probe is fitted on;
+    ``controls_per_case``: probe controls per case well (None: all); ``scale_rows``: training rows
+    whose statistics standardise the coordinates (``scaling``); ``values``: the values of
+    ``obs[by]`` that may be scored (None: all). The probe controls are the unreserved training
+    controls in one order drawn from ``seed``; a probe with n case wells uses the first
+    ``controls_per_case * n``. Values with fewer than ``min_wells`` wells (or controls) on either
+    side are skipped. Rows: per task, metric and value, the means over values (``perturbation``
+    empty) and ``n_perturbations``.
     """
+    import torch
+
+    from .logistic import ProbeData, auroc_columns, fit_l2_probes, fit_small_probes
+
     for frame, name in ((obs_train, "train"), (obs_test, "test")):
         for col in (by, "is_control"):
             if col not in frame.columns:
                 raise InputError(f"obs ({name})", f"missing column {col!r}")
     ctrl_tr = obs_train["is_control"].to_numpy(bool)
     ctrl_te = obs_test["is_control"].to_numpy(bool)
+    reserved = np.zeros(len(obs_train), bool) if reserved is None else np.asarray(reserved, bool)
+    if (reserved & ~ctrl_tr).any():
+        raise ValueError("reserved rows must be training controls")
     lab_tr = _label_values(obs_train, by, exclude).to_numpy(object)
     lab_te = _label_values(obs_test, by, exclude).to_numpy(object)
-    Z_train, Z_test = scale_for_probes(Z_train, Z_test, scaling)
-    if ctrl_tr.sum() < min_wells or ctrl_te.sum() < min_wells:
-        return pd.DataFrame(columns=["metric", "value", "perturbation"])
-    in_train = {v for v in lab_tr[~ctrl_tr] if v is not None}
-    values = sorted(in_train & {v for v in lab_te[~ctrl_te] if v is not None})
-    rows, unconverged = [], 0
-    k = min(int(top_k), Z_train.shape[1])
-    for value in values:
-        case_tr = (lab_tr == value) & ~ctrl_tr
-        case_te = (lab_te == value) & ~ctrl_te
-        if case_tr.sum() < min_wells or case_te.sum() < min_wells:
-            continue
-        rows_tr, rows_te = case_tr | ctrl_tr, case_te | ctrl_te
-        Xtr, ytr = Z_train[rows_tr], case_tr[rows_tr].astype(int)
-        Xte, yte = Z_test[rows_te], case_te[rows_te].astype(int)
-        # balanced classes: controls usually outnumber the wells of one perturbation
-        weight = np.where(ytr == 1, 0.5 / ytr.mean(), 0.5 / (1 - ytr.mean()))
-        l2 = LogisticRegression(C=c_l2, l1_ratio=0.0, solver="newton-cholesky", tol=1e-8,
-                                max_iter=max_iter)
-        l1 = LogisticRegression(C=c_l1, l1_ratio=1.0, solver="liblinear", intercept_scaling=10.0,
-                                tol=1e-6, max_iter=max_iter, random_state=seed)
-        top = np.sort(np.argsort(-effect_size(Xtr, ytr.astype(bool)), kind="stable")[:k])
-        topk = LogisticRegression(C=c_l2, l1_ratio=0.0, solver="newton-cholesky", tol=1e-8,
-                                  max_iter=max_iter)
-        for metric, model, cols in (("auroc_l2", l2, slice(None)), ("auroc_l1", l1, slice(None)),
-                                    ("auroc_topk", topk, top)):
-            model, warned = _fit_quietly(model, Xtr[:, cols], ytr, weight)
-            unconverged += warned
-            score = model.decision_function(Xte[:, cols])
-            rows.append({"metric": metric, "value": auroc(yte, score), "perturbation": value})
+    Z_train, Z_test = scale_for_probes(Z_train, Z_test, scaling, scale_rows)
+    pool = np.flatnonzero(ctrl_tr & ~reserved)
+    protocol = {"n_reserved_controls": float(reserved.sum())}
+    tasks = [t for t in AUROC_TASKS if t in tasks and (t == "auroc" or reserved.any())]
+    if len(pool) < min_wells or ctrl_te.sum() < min_wells:
+        return ProbeScores(_empty_auroc(), protocol)
+    tr_counts = pd.Series(lab_tr[~ctrl_tr]).value_counts()
+    te_counts = pd.Series(lab_te[~ctrl_te]).value_counts()
+    names = sorted(set(tr_counts.index[tr_counts >= min_wells])
+                   & set(te_counts.index[te_counts >= min_wells]))
+    if values is not None:
+        names = sorted(set(names) & {str(v) for v in values})
+    if not names:
+        return ProbeScores(_empty_auroc(), protocol)
+    P, d = len(names), Z_train.shape[1]
+    code = {name: i for i, name in enumerate(names)}
+    case_tr = [[] for _ in names]
+    for row, value in zip(np.flatnonzero(~ctrl_tr), lab_tr[~ctrl_tr]):
+        if value in code:
+            case_tr[code[value]].append(row)
+    n_case = np.array([len(r) for r in case_tr])
+    order = np.random.default_rng(seed).permutation(pool)
+    n_ctrl = (np.full(P, len(pool)) if controls_per_case is None
+              else np.minimum(len(pool), int(controls_per_case) * n_case))
+    n_ctrl = np.maximum(n_ctrl, min(len(pool), min_wells))
+    C = Z_train[order[:int(n_ctrl.max())]]
+    cases = np.zeros((P, int(n_case.max()), d))
+    for p, rows in enumerate(case_tr):
+        cases[p, :len(rows)] = Z_train[rows]
+    protocol["n_probe_controls"] = float(n_ctrl.mean())
+
+    # L2 probes on every coordinate: all at once
+    data = ProbeData(torch.from_numpy(cases), torch.from_numpy(n_case), torch.from_numpy(C),
+                     torch.from_numpy(n_ctrl))
+    l2 = fit_l2_probes(data, C=c_l2, max_iter=max_iter)
+    coef = {"auroc_l2": l2.coef.numpy()}
+    intercept = {"auroc_l2": l2.intercept.numpy()}
+    unconverged = int((~l2.converged).sum())
+    # top-k probes: coordinates ranked by effect size on the probe's own rows, batched Newton
+    k = min(int(top_k), d)
+    csum, csq = np.cumsum(C, axis=0), np.cumsum(C ** 2, axis=0)
+    top = np.empty((P, k), dtype=np.int64)
+    for p in range(P):
+        x = cases[p, :n_case[p]]
+        m, c = n_case[p], n_ctrl[p]
+        mu_c = csum[c - 1] / c
+        var_c = (csq[c - 1] - c * mu_c ** 2) / (c - 1 if c > 1 else 1)
+        var_x = x.var(axis=0, ddof=1 if m > 1 else 0)
+        diff = np.abs(x.mean(axis=0) - mu_c)
+        es = diff / np.sqrt(0.5 * (var_x + np.maximum(var_c, 0.0)) + 1e-12)
+        top[p] = np.sort(np.argsort(-es, kind="stable")[:k])
+    m_max, c_max = cases.shape[1], C.shape[0]
+    rows = np.concatenate([np.take_along_axis(cases, top[:, None, :], axis=2),
+                           C[:, top].transpose(1, 0, 2)], axis=1)          # (P, m + c, k)
+    is_case = np.zeros((P, m_max + c_max), bool)
+    valid = np.zeros((P, m_max + c_max), bool)
+    for p in range(P):
+        is_case[p, :n_case[p]] = True
+        valid[p, :n_case[p]] = True
+        valid[p, m_max:m_max + n_ctrl[p]] = True
+    small = fit_small_probes(torch.from_numpy(rows), torch.from_numpy(is_case),
+                             torch.from_numpy(valid), C=c_l2, max_iter=max_iter)
+    full_top = np.zeros((P, d))
+    np.put_along_axis(full_top, top, small.coef.numpy(), axis=1)
+    coef["auroc_topk"], intercept["auroc_topk"] = full_top, small.intercept.numpy()
+    unconverged += int((~small.converged).sum())
+    # L1 probes: liblinear, one per perturbation (exactly the scikit-learn fit); liblinear
+    # releases the GIL, so the fits run on the threads the job was given
+    def fit_l1(p: int):
+        X = np.concatenate([cases[p, :n_case[p]], C[:n_ctrl[p]]])
+        y = np.r_[np.ones(n_case[p], int), np.zeros(n_ctrl[p], int)]
+        weight = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+        model = LogisticRegression(C=c_l1, l1_ratio=1.0, solver="liblinear", intercept_scaling=10.0,
+                                   tol=1e-6, max_iter=max_iter, random_state=seed)
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            return model.fit(X, y, sample_weight=weight)
+
+    coef["auroc_l1"], intercept["auroc_l1"] = np.zeros((P, d)), np.zeros(P)
+    with warnings.catch_warnings(), \
+            ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool_:
+        warnings.simplefilter("ignore", ConvergenceWarning)     # counted from n_iter_ instead
+        for p, model in enumerate(pool_.map(fit_l1, range(P))):
+            unconverged += int(np.max(model.n_iter_) >= max_iter)
+            coef["auroc_l1"][p], intercept["auroc_l1"][p] = model.coef_[0], model.intercept_[0]
+    protocol["n_unconverged_probes"] = float(unconverged)
     if unconverged:
-        log.warning("auroc: %d probe fits stopped at max_iter=%d", unconverged, max_iter)
-    out = pd.DataFrame(rows, columns=["metric", "value", "perturbation"])
-    if not out.empty:
-        means = out.groupby("metric", sort=False)["value"].mean()
-        out = pd.concat([out, pd.DataFrame({"metric": means.index, "value": means.to_numpy(),
-                                            "perturbation": ""})], ignore_index=True)
-    n = out.loc[out["metric"] == "auroc_l2", "perturbation"].ne("").sum() if not out.empty else 0
-    count = pd.DataFrame([{"metric": "n_perturbations", "value": float(n), "perturbation": ""}])
-    return pd.concat([out, count], ignore_index=True)
+        log.warning("auroc: %d of %d probe fits stopped at max_iter=%d", unconverged, 3 * P, max_iter)
+
+    # scores: every probe on the test controls, the reserved controls and its own test cases
+    case_te = [[] for _ in names]
+    for row, value in zip(np.flatnonzero(~ctrl_te), lab_te[~ctrl_te]):
+        if value in code:
+            case_te[code[value]].append(row)
+    refs = {"auroc": Z_test[ctrl_te], "auroc_cross": Z_train[reserved]}
+    rows_out = []
+    for probe in PROBES:
+        W, b = coef[probe], intercept[probe]
+        case_scores = [Z_test[r] @ W[p] + b[p] for p, r in enumerate(case_te)]
+        against = {t: refs[t] @ W.T + b[None, :] for t in ("auroc", "auroc_cross") if t in tasks
+                   or (t == "auroc_cross" and "auroc_pooled" in tasks)}
+        if "auroc_pooled" in tasks:
+            against["auroc_pooled"] = np.concatenate([against.get("auroc", refs["auroc"] @ W.T + b),
+                                                      against["auroc_cross"]])
+        for task in tasks:
+            values_ = auroc_columns(case_scores, against[task])
+            rows_out += [{"task": task, "metric": probe, "value": v, "perturbation": name}
+                         for name, v in zip(names, values_)]
+    out = pd.DataFrame(rows_out, columns=["task", "metric", "value", "perturbation"])
+    means = out.groupby(["task", "metric"], sort=False)["value"].mean().reset_index()
+    means["perturbation"] = ""
+    counts = pd.DataFrame([{"task": t, "metric": "n_perturbations", "value": float(P),
+                            "perturbation": ""} for t in tasks])
+    protocol["n_auroc_perturbations"] = float(P)
+    return ProbeScores(pd.concat([out, means, counts], ignore_index=True), protocol)
 
 
 def classification_task(Z_train: np.ndarray, obs_train: pd.DataFrame, Z_test: np.ndarray,
                         obs_test: pd.DataFrame, *, label: str, include_controls: bool = False,
                         c: float = 1.0, knn_k: int = 5, knn_metric: str = "cosine",
                         max_iter: int = 1000, scaling: str = "none",
-                        exclude: Sequence[str] = ()) -> pd.DataFrame:
+                        exclude: Sequence[str] = (), scale_rows: np.ndarray | None = None,
+                        classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Predict ``obs[label]`` of test wells with a linear probe and kNN fitted on training wells.
 
     Returns one row per labelled test well: ``label``, ``linear``, ``knn`` (predictions) and
     ``seen`` (its class occurs among the training wells; unseen classes get no prediction).
-    ``scaling`` applies to the linear probe only (kNN sees the representation as it is).
-    Score it with :func:`classification_scores`.
+    ``classes``: only wells of these classes take part (training and test); None: all.
+    ``scaling`` (statistics of the training rows ``scale_rows``) applies to the linear probe only
+    (kNN sees the representation as it is). Score it with :func:`classification_scores`.
     """
     y_tr = _label_values(obs_train, label, exclude)
     y_te = _label_values(obs_test, label, exclude)
+    if classes is not None:
+        allowed = {str(v) for v in classes}
+        y_tr = y_tr.where(y_tr.isin(allowed))
+        y_te = y_te.where(y_te.isin(allowed))
     keep_tr = y_tr.notna().to_numpy()
     keep_te = y_te.notna().to_numpy()
     if not include_controls:
         keep_tr &= ~obs_train["is_control"].to_numpy(bool)
         keep_te &= ~obs_test["is_control"].to_numpy(bool)
-    classes = set(y_tr[keep_tr])
+    seen_classes = set(y_tr[keep_tr])
     out = pd.DataFrame({"label": y_te[keep_te].to_numpy(object).astype(str), "linear": None,
-                        "knn": None, "seen": y_te[keep_te].isin(classes).to_numpy()},
+                        "knn": None, "seen": y_te[keep_te].isin(seen_classes).to_numpy()},
                        index=obs_test.index[keep_te])
-    scored = keep_te & y_te.isin(classes).to_numpy()
-    if len(classes) < 2 or not scored.any():
+    scored = keep_te & y_te.isin(seen_classes).to_numpy()
+    if len(seen_classes) < 2 or not scored.any():
         out["seen"] = False
         return out
     Xtr = np.asarray(Z_train, dtype=np.float64)[keep_tr]
     Xte = np.asarray(Z_test, dtype=np.float64)[scored]
     ytr = y_tr[keep_tr].to_numpy(object).astype(str)
-    # scaling statistics from all training wells, as in auroc_task
-    Str, Ste = scale_for_probes(Z_train, Z_test, scaling)
+    Str, Ste = scale_for_probes(Z_train, Z_test, scaling, scale_rows)
     Str, Ste = Str[keep_tr], Ste[scored]
     linear, warned = _fit_quietly(LogisticRegression(C=c, l1_ratio=0.0, max_iter=max_iter), Str, ytr)
     if warned:
@@ -399,12 +505,9 @@ def classification_scores(predictions: pd.DataFrame) -> dict[str, float]:
 
 
 def retrieval_ap(Z: np.ndarray, obs: pd.DataFrame, query_mask: np.ndarray, *, by: str,
-                 exclude: Sequence[str] = (), chunk_size: int = 512,
-                 show_progress: bool = True) -> pd.DataFrame:
-    """Per-query AP of cross-batch retrieval grouped by ``obs[by]`` (see module docstring).
-
-    Controls are never queries but stay in every rank list as negatives.
-    """
+                 exclude: Sequence[str] = (), chunk_size: int = 512) -> pd.DataFrame:
+    """Per-query AP of cross-batch retrieval grouped by ``obs[by]`` against the controls of the
+    query's batch (see module docstring). Controls are never queries nor positives."""
     meta = pd.DataFrame(index=obs.index)
     meta["batch"] = obs["batch"].astype(str).to_numpy()
     meta["perturbation"] = obs["perturbation"].astype(str).to_numpy()
@@ -413,13 +516,13 @@ def retrieval_ap(Z: np.ndarray, obs: pd.DataFrame, query_mask: np.ndarray, *, by
         pos_diffby = ["batch"]
     else:
         key = _label_values(obs, by, exclude)
-        # controls: negatives for every label, never positives
         key.iloc[np.flatnonzero(controls)] = "\x00control"
         meta[by] = key.to_numpy(object)
         pos_diffby = ["batch", "perturbation"]
     queries = np.asarray(query_mask, bool) & ~controls
-    return average_precision(Z, meta, pos_sameby=[by], pos_diffby=pos_diffby, neg_diffby=[by],
-                             query_mask=queries, chunk_size=chunk_size, show_progress=show_progress)
+    return grouped_average_precision(Z, meta, group=by, block="batch", reference=controls,
+                                     pos_diffby=pos_diffby, query_mask=queries,
+                                     chunk_size=chunk_size)
 
 
 def retrieval_rows(ap: pd.DataFrame, *, by: str, task: str, fold: str, null_size: int,
@@ -594,6 +697,9 @@ def fold_embedding(factory: MethodFactory, method: str, method_params: Mapping[s
     """
     model = factory(method, **dict(method_params))
     transductive = bool(getattr(model, "transductive", False))
+    if transductive:
+        check_benchmark_methods({method: (getattr(model, "name", method),
+                                          dict(getattr(model, "params", method_params)))})
     allowed = fit_rows(obs, fit_on)
     if transductive:
         hidden = _hide_test_labels(obs, fold.test)
@@ -616,13 +722,44 @@ def _check_obs(obs: pd.DataFrame, source: str, columns: Sequence[str]) -> None:
         raise InputError(source, f"obs lacks column(s) {missing} (has {list(obs.columns)})")
 
 
-def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
+def _sample(values: Sequence[str], limit: int | None, seed: int, salt: int) -> list[str] | None:
+    """A seeded subset of ``limit`` of the sorted ``values`` (None when all are kept)."""
+    values = sorted({str(v) for v in values})
+    if limit is None or len(values) <= int(limit):
+        return None
+    rng = np.random.default_rng([int(seed), salt])
+    return sorted(rng.choice(values, size=int(limit), replace=False).tolist())
+
+
+def _reserve_controls(obs: pd.DataFrame, train: np.ndarray, share: float, seed: int,
+                      fold_index: int) -> np.ndarray:
+    """A seeded share of the fold's training controls (mask over all wells)."""
+    rows = np.flatnonzero(train & obs["is_control"].to_numpy(bool))
+    n = int(np.floor(float(share) * len(rows)))
+    mask = np.zeros(len(obs), bool)
+    if n:
+        mask[np.random.default_rng([int(seed), 1, fold_index]).choice(rows, n, replace=False)] = True
+    return mask
+
+
+def evaluate_method(X: np.ndarray, obs: pd.DataFrame, method: str,
                     method_params: Mapping[str, Any] | None = None,
-                    params: Mapping[str, Any] | None = None,
                     relations: pd.DataFrame | None = None,
-                    method_factory: MethodFactory | None = None,
-                    name: str | None = None, fit_on: str = "all",
-                    source: str = "wells") -> pd.DataFrame:
+                    method_factory: MethodFactory | None = None, name: str | None = None,
+                    fit_on: str = "all", source: str = "wells",
+                    labels: Mapping[str, Any] | None = None,
+                    timings: dict[str, float] | None = None, *,
+                    split: str, n_folds: int, max_lobo_batches: int, tasks: Sequence[str],
+                    label: str | None, dose: str | None, label_exclude: Sequence[str],
+                    auroc_by: str, min_wells: int, probe_c_l2: float, probe_c_l1: float,
+                    top_k: int, probe_max_iter: int, probe_scaling: str,
+                    probe_controls_per_case: int | None, cross_controls: float,
+                    auroc_max_perturbations: int | None, classify_by: str | None,
+                    classifier_c: float, knn_k: int, knn_metric: str,
+                    classify_max_classes: int | None, retrieval_permutations: int,
+                    fdr_alpha: float, retrieval_chunk_size: int,
+                    relationship_percentiles: Sequence[float], relationship_reference: str,
+                    max_null_entities: int, seed: int) -> pd.DataFrame:
     """Run every configured task for one post-processing method over all folds.
 
     Parameters
@@ -633,8 +770,6 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
     method, method_params
         Post-processing algorithm name and parameters for ``method_factory`` (default
         ``phenoica.postprocess.make_method``).
-    params
-        The ``benchmark`` config section (see ``DEFAULT_PARAMS``).
     relations
         Related-pairs table (``perturbation_a``, ``perturbation_b``); None derives pairs from the
         biology label when there is one.
@@ -644,30 +779,40 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
         ``all`` or ``controls``: which training wells the method is fitted on (postprocess.fit_on).
     source
         Name used in error messages (the wells file).
+    labels
+        The workflow's ``labels`` section (``biology``, ``dose``): used where ``label`` / ``dose``
+        are null.
+    timings
+        If given, filled with the seconds spent per part (``fit`` = the method's fold fits, then
+        one entry per task), summed over folds.
+    split, n_folds, ... seed
+        The ``benchmark`` config section (config/README.md). Outside the workflow pass
+        ``**{**phenoica.config.schema_defaults("benchmark"), **overrides}``.
 
     Returns
     -------
     The long table (``TABLE_COLUMNS``).
     """
-    p = resolve_params(params)
     factory = method_factory or _default_factory()
     X = np.asarray(X)
     _check_obs(obs, source, ["batch", "perturbation", "is_control"])
     obs = obs.copy()
     obs["is_control"] = obs["is_control"].to_numpy(bool)
-    label = p["label"]
+    labels = dict(labels or {})
+    label = label if label is not None else labels.get("biology")
+    dose = dose if dose is not None else labels.get("dose")
     if label is not None and label not in obs.columns:
         log.warning("%s: biology label column %r not in obs; label tasks fall back to perturbation "
                     "or are skipped", source, label)
         label = None
-    dose = p["dose"] if p["dose"] in obs.columns else None
-    if p["auroc_by"] not in obs.columns:
-        raise InputError(source, f"benchmark.auroc_by column {p['auroc_by']!r} not in obs")
-    classify_by = p["classify_by"] or label or "perturbation"
+    dose = dose if dose in obs.columns else None
+    if auroc_by not in obs.columns:
+        raise InputError(source, f"benchmark.auroc_by column {auroc_by!r} not in obs")
+    classify_by = classify_by or label or "perturbation"
     if classify_by not in obs.columns:
         raise InputError(source, f"benchmark.classify_by column {classify_by!r} not in obs")
-    exclude = [str(v) for v in p["label_exclude"]]
-    tasks = list(dict.fromkeys(p["tasks"]))
+    exclude = [str(v) for v in label_exclude]
+    tasks = list(dict.fromkeys(tasks))
     if "retrieval_biology" in tasks and label is None:
         log.info("retrieval_biology skipped: no biology label")
         tasks.remove("retrieval_biology")
@@ -681,65 +826,116 @@ def evaluate_method(X: np.ndarray, obs: pd.DataFrame, *, method: str,
         else:
             log.info("relationships skipped: no relations table and no biology label")
             tasks.remove("relationships")
+    if {"auroc_cross", "auroc_pooled"} & set(tasks) and not cross_controls > 0:
+        log.info("auroc_cross/auroc_pooled skipped: benchmark.cross_controls is 0")
+        tasks = [t for t in tasks if t not in ("auroc_cross", "auroc_pooled")]
+    auroc_tasks = [t for t in AUROC_TASKS if t in tasks]
 
-    folds = make_folds(obs["batch"], split=p["split"], n_folds=p["n_folds"],
-                       max_lobo_batches=p["max_lobo_batches"], seed=p["seed"])
+    treated = ~obs["is_control"].to_numpy(bool)
+    auroc_values = _label_values(obs[treated], auroc_by, exclude).dropna().unique()
+    auroc_subset = _sample(auroc_values, auroc_max_perturbations, seed, salt=2)
+    class_values = _label_values(obs[treated], classify_by, exclude).dropna().unique()
+    class_subset = _sample(class_values, classify_max_classes, seed, salt=3)
+    if auroc_subset is not None and auroc_tasks:
+        log.info("auroc: %d of %d %s values scored (auroc_max_perturbations, seed %d)",
+                 len(auroc_subset), len(auroc_values), auroc_by, seed)
+    if class_subset is not None and "classification" in tasks:
+        log.info("classification: %d of %d classes (classify_max_classes, seed %d)",
+                 len(class_subset), len(class_values), seed)
+
+    folds = make_folds(obs["batch"], split=split, n_folds=n_folds,
+                       max_lobo_batches=max_lobo_batches, seed=seed)
     log.info("%s: %d folds (%s), tasks %s", name or method, len(folds),
              ", ".join(f.name for f in folds), tasks)
+    fitted = fit_rows(obs, fit_on)
+    timings = {} if timings is None else timings
+    clock = [time.perf_counter()]
+
+    def lap(part: str) -> None:
+        now = time.perf_counter()
+        timings[part] = timings.get(part, 0.0) + now - clock[0]
+        clock[0] = now
+
     rows: list[dict] = []
-    pooled: dict[str, list] = {t: [] for t in TASKS}
+    pooled: dict[str, list] = {t: [] for t in (*TASKS, "auroc_all")}
     transductive = False
-    for fold in progress(folds, desc=f"benchmark {name or method}"):
+    for i, fold in enumerate(progress(folds, desc=f"benchmark {name or method}")):
+        clock[0] = time.perf_counter()
         Z, transductive = fold_embedding(factory, method, method_params or {}, X, obs, fold,
                                          fit_on=fit_on)
+        lap("fit")
         train_idx, test_idx = np.flatnonzero(fold.train), np.flatnonzero(fold.test)
         obs_tr, obs_te = obs.iloc[train_idx], obs.iloc[test_idx]
+        scale_rows = fitted[train_idx]
         rows += [_rows("protocol", "n_train_wells", len(train_idx), fold.name),
                  _rows("protocol", "n_test_wells", len(test_idx), fold.name)]
-        if "auroc" in tasks:
-            table = auroc_task(Z[train_idx], obs_tr, Z[test_idx], obs_te, by=p["auroc_by"],
-                               c_l2=p["probe_c_l2"], c_l1=p["probe_c_l1"], top_k=p["top_k"],
-                               min_wells=p["min_wells"], max_iter=p["probe_max_iter"],
-                               scaling=p["probe_scaling"], exclude=exclude, seed=p["seed"])
-            rows += [_rows("auroc", r.metric, r.value, fold.name, r.perturbation)
-                     for r in table.itertuples(index=False)]
-            pooled["auroc"].append(table)
+        if auroc_tasks:
+            reserved = _reserve_controls(obs, fold.train, cross_controls, seed, i)[train_idx]
+            scores = auroc_task(Z[train_idx], obs_tr, Z[test_idx], obs_te, by=auroc_by,
+                                c_l2=probe_c_l2, c_l1=probe_c_l1, top_k=top_k, min_wells=min_wells,
+                                max_iter=probe_max_iter, scaling=probe_scaling, exclude=exclude,
+                                seed=int(np.random.default_rng([seed, 4, i]).integers(2**31)),
+                                controls_per_case=probe_controls_per_case, scale_rows=scale_rows,
+                                reserved=reserved, values=auroc_subset, tasks=auroc_tasks)
+            rows += [_rows(r.task, r.metric, r.value, fold.name, r.perturbation)
+                     for r in scores.table.itertuples(index=False)]
+            rows += [_rows("protocol", k, v, fold.name) for k, v in scores.protocol.items()]
+            pooled["auroc_all"].append(scores.table)
+            lap("auroc")
         if "classification" in tasks:
             pred = classification_task(Z[train_idx], obs_tr, Z[test_idx], obs_te, label=classify_by,
-                                       c=p["classifier_c"], knn_k=p["knn_k"],
-                                       knn_metric=p["knn_metric"], max_iter=p["probe_max_iter"],
-                                       scaling=p["probe_scaling"], exclude=exclude)
+                                       c=classifier_c, knn_k=knn_k, knn_metric=knn_metric,
+                                       max_iter=probe_max_iter, scaling=probe_scaling,
+                                       exclude=exclude, scale_rows=scale_rows, classes=class_subset)
             rows += [_rows("classification", k, v, fold.name)
                      for k, v in classification_scores(pred).items()]
+            rows.append(_rows("protocol", "n_classes", pred.loc[pred["seen"], "label"].nunique(),
+                              fold.name))
             pooled["classification"].append(pred)
+            lap("classification")
         for task, by in (("retrieval", "perturbation"), ("retrieval_biology", label)):
             if task not in tasks:
                 continue
             ap = retrieval_ap(Z, obs, fold.test, by=by, exclude=exclude,
-                              chunk_size=p["retrieval_chunk_size"])
+                              chunk_size=retrieval_chunk_size)
             rows += retrieval_rows(ap, by=by, task=task, fold=fold.name,
-                                   null_size=p["retrieval_permutations"], alpha=p["fdr_alpha"],
-                                   seed=p["seed"])
+                                   null_size=retrieval_permutations, alpha=fdr_alpha, seed=seed)
             pooled[task].append(ap)
+            lap(task)
         if "relationships" in tasks:
             profiles, names = perturbation_profiles(Z[test_idx], obs_te,
-                                                    reference=p["relationship_reference"])
+                                                    reference=relationship_reference)
             if len(names) >= 3:
                 ranks = relationship_ranks(profiles, names, relations,
-                                           max_null_entities=p["max_null_entities"], seed=p["seed"])
+                                           max_null_entities=max_null_entities, seed=seed)
                 rows += _relationship_rows(ranks.rank_left, ranks.rank_right,
-                                           p["relationship_percentiles"], fold.name)
+                                           relationship_percentiles, fold.name)
                 pooled["relationships"].append(ranks)
+            lap("relationships")
         if "moa" in tasks:
             treatments = treatment_profiles(Z, obs, dose=dose, label=label, exclude=exclude)
             query = treatments["batch"].isin(fold.test_batches).to_numpy()
             pred = moa_nearest_neighbors(treatments, query)
             rows += [_rows("moa", k, v, fold.name) for k, v in moa_scores(pred).items()]
             pooled["moa"].append(pred)
+            lap("moa")
 
-    rows += _pooled_rows(pooled, p, label)
+    clock[0] = time.perf_counter()
+    rows += _pooled_rows(pooled, label, retrieval_permutations=retrieval_permutations,
+                         fdr_alpha=fdr_alpha, relationship_percentiles=relationship_percentiles,
+                         seed=seed)
     rows += [_rows("protocol", "n_folds", len(folds), POOLED),
              _rows("protocol", "transductive", float(transductive), POOLED)]
+    if auroc_tasks:
+        rows += [_rows("protocol", "cross_controls", cross_controls, POOLED),
+                 _rows("protocol", "auroc_perturbations_total", len(auroc_values), POOLED)]
+        if probe_controls_per_case is not None:
+            rows.append(_rows("protocol", "probe_controls_per_case", probe_controls_per_case, POOLED))
+    if "classification" in tasks:
+        rows.append(_rows("protocol", "n_classes_total", len(class_values), POOLED))
+    lap("pooled")
+    log.info("%s: seconds per part (all folds): %s", name or method,
+             ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     if transductive:
         log.warning("%s is transductive: fitted on training and test wells (test labels hidden)",
                     name or method)
@@ -762,55 +958,84 @@ def _relationship_rows(left: np.ndarray, right: np.ndarray, percentiles: Sequenc
     return rows
 
 
-def _pooled_rows(pooled: dict[str, list], p: Mapping[str, Any], label: str | None) -> list[dict]:
+def _pooled_rows(pooled: dict[str, list], label: str | None, *, retrieval_permutations: int,
+                 fdr_alpha: float, relationship_percentiles: Sequence[float],
+                 seed: int) -> list[dict]:
     rows: list[dict] = []
-    if pooled["auroc"]:
-        table = pd.concat(pooled["auroc"], ignore_index=True)
-        per = table[(table["perturbation"] != "") & table["metric"].str.startswith("auroc")]
+    if pooled["auroc_all"]:
+        table = pd.concat(pooled["auroc_all"], ignore_index=True)
+        per = table[(table["perturbation"] != "") & table["metric"].isin(PROBES)]
         if not per.empty:
-            per = per.groupby(["metric", "perturbation"], sort=True)["value"].mean().reset_index()
-            rows += [_rows("auroc", r.metric, r.value, POOLED, r.perturbation)
+            per = (per.groupby(["task", "metric", "perturbation"], sort=True)["value"].mean()
+                   .reset_index())
+            rows += [_rows(r.task, r.metric, r.value, POOLED, r.perturbation)
                      for r in per.itertuples(index=False)]
-            rows += [_rows("auroc", m, v, POOLED) for m, v in per.groupby("metric")["value"].mean().items()]
-            rows.append(_rows("auroc", "n_perturbations", per["perturbation"].nunique(), POOLED))
+            means = per.groupby(["task", "metric"], sort=True)["value"].mean()
+            rows += [_rows(t, m, v, POOLED) for (t, m), v in means.items()]
+            counts = per[per["metric"] == PROBES[0]].groupby("task")["perturbation"].nunique()
+            rows += [_rows(t, "n_perturbations", n, POOLED) for t, n in counts.items()]
     if pooled["classification"]:
         pred = pd.concat(pooled["classification"])
         rows += [_rows("classification", k, v, POOLED) for k, v in classification_scores(pred).items()]
     for task, by in (("retrieval", "perturbation"), ("retrieval_biology", label)):
         if pooled[task]:
             ap = pd.concat(pooled[task], ignore_index=True)
-            rows += retrieval_rows(ap, by=by, task=task, fold=POOLED,
-                                   null_size=p["retrieval_permutations"], alpha=p["fdr_alpha"],
-                                   seed=p["seed"])
+            rows += retrieval_rows(ap, by=by, task=task, fold=POOLED, null_size=retrieval_permutations,
+                                   alpha=fdr_alpha, seed=seed)
     if pooled["relationships"]:
         left = np.concatenate([r.rank_left for r in pooled["relationships"]])
         right = np.concatenate([r.rank_right for r in pooled["relationships"]])
-        rows += _relationship_rows(left, right, p["relationship_percentiles"], POOLED)
+        rows += _relationship_rows(left, right, relationship_percentiles, POOLED)
     if pooled["moa"]:
         pred = pd.concat(pooled["moa"])
         rows += [_rows("moa", k, v, POOLED) for k, v in moa_scores(pred).items()]
     return rows
 
 
-def run_generalization(wells_path: str, *, out_tsv: str, method: str, method_params: dict,
-                       params: dict | None = None, relations_path: str | None = None,
-                       layer: str | None = None, name: str | None = None, fit_on: str = "all",
-                       method_factory: MethodFactory | None = None) -> None:
-    """Held-out-batch benchmarks of one post-processing method on a wells AnnData -> long TSV.
+def run_generalization(wells_path: str, out_tsv: str, method: str, method_params: dict,
+                       relations_path: str | None = None, layer: str | None = None,
+                       name: str | None = None, fit_on: str = "all",
+                       labels: Mapping[str, Any] | None = None,
+                       method_factory: MethodFactory | None = None, *,
+                       split: str, n_folds: int, max_lobo_batches: int, tasks: Sequence[str],
+                       label: str | None, dose: str | None, label_exclude: Sequence[str],
+                       auroc_by: str, min_wells: int, probe_c_l2: float, probe_c_l1: float,
+                       top_k: int, probe_max_iter: int, probe_scaling: str,
+                       probe_controls_per_case: int | None, cross_controls: float,
+                       auroc_max_perturbations: int | None, classify_by: str | None,
+                       classifier_c: float, knn_k: int, knn_metric: str,
+                       classify_max_classes: int | None, retrieval_permutations: int,
+                       fdr_alpha: float, retrieval_chunk_size: int,
+                       relationship_percentiles: Sequence[float], relationship_reference: str,
+                       max_null_entities: int, seed: int) -> None:
+    """The ``benchmark_generalization`` rule: held-out-batch benchmarks of one post-processing
+    method on a wells AnnData -> long TSV (columns ``TABLE_COLUMNS``, written atomically).
 
     ``method``/``method_params``: the post-processing algorithm and its parameters;
-    ``params``: the ``benchmark`` config section (``DEFAULT_PARAMS``; ``labels`` from the config
-    accepted); ``relations_path``: related-pairs table for the relationships task; ``layer``:
-    None for ``X`` or an ``obsm`` key (``X_layer2``); ``name``: the ``method`` column (default
-    ``method``); ``fit_on``: postprocess.fit_on (``all`` or ``controls``). Writes ``out_tsv``
-    atomically with columns ``TABLE_COLUMNS``.
+    ``relations_path``: related-pairs table for the relationships task; ``layer``: None for
+    ``X`` or an ``obsm`` key (``X_layer2``); ``name``: the ``method`` column (default ``method``);
+    ``fit_on``: postprocess.fit_on (``all`` or ``controls``); ``labels``: the workflow's
+    ``labels`` section. The keyword-only arguments are the ``benchmark`` config section (see
+    :func:`evaluate_method`).
     """
     from ..postprocess.run import select_layer
 
-    effective = resolve_params(params)
-    log.info("benchmark %s (%s %s) on %s, params %s", name or method, method,
+    section = dict(split=split, n_folds=n_folds, max_lobo_batches=max_lobo_batches, tasks=tasks,
+                   label=label, dose=dose, label_exclude=label_exclude, auroc_by=auroc_by,
+                   min_wells=min_wells, probe_c_l2=probe_c_l2, probe_c_l1=probe_c_l1, top_k=top_k,
+                   probe_max_iter=probe_max_iter, probe_scaling=probe_scaling,
+                   probe_controls_per_case=probe_controls_per_case, cross_controls=cross_controls,
+                   auroc_max_perturbations=auroc_max_perturbations, classify_by=classify_by,
+                   classifier_c=classifier_c, knn_k=knn_k, knn_metric=knn_metric,
+                   classify_max_classes=classify_max_classes,
+                   retrieval_permutations=retrieval_permutations, fdr_alpha=fdr_alpha,
+                   retrieval_chunk_size=retrieval_chunk_size,
+                   relationship_percentiles=relationship_percentiles,
+                   relationship_reference=relationship_reference,
+                   max_null_entities=max_null_entities, seed=seed)
+    log.info("benchmark %s (%s %s) on %s, benchmark %s, labels %s", name or method, method,
              json.dumps(method_params, sort_keys=True, default=str), wells_path,
-             json.dumps(effective, sort_keys=True, default=str))
+             json.dumps(section, sort_keys=True, default=str), json.dumps(dict(labels or {})))
     try:
         adata = read_h5ad(wells_path)
     except (OSError, KeyError) as exc:
@@ -819,8 +1044,7 @@ def run_generalization(wells_path: str, *, out_tsv: str, method: str, method_par
     if not np.isfinite(X).all():
         raise InputError(wells_path, "the representation contains NaN or infinite values")
     relations = read_relations(relations_path) if relations_path else None
-    table = evaluate_method(X, adata.obs, method=method, method_params=method_params,
-                            params=params, relations=relations, method_factory=method_factory,
-                            name=name, fit_on=fit_on, source=wells_path)
+    table = evaluate_method(X, adata.obs, method, method_params, relations, method_factory, name,
+                            fit_on, wells_path, labels, **section)
     write_tsv(table, out_tsv)
     log.info("wrote %d rows to %s", len(table), out_tsv)

@@ -27,10 +27,12 @@ NOT_PLOTTED_PREFIXES = ("n_", "p_value", "q_value", "transductive")
 #: Chance level drawn as a dashed line.
 CHANCE = {"auroc_l2": 0.5, "auroc_l1": 0.5, "auroc_topk": 0.5}
 TASK_TITLES = {
-    "auroc": "Control vs perturbed on held-out batches (AUROC)",
+    "auroc": "Control vs perturbed on held-out batches (AUROC, against the same batch's controls)",
+    "auroc_cross": "Held-out perturbed wells vs training-batch controls (AUROC; sees batch effects)",
+    "auroc_pooled": "Held-out perturbed wells vs held-out and training controls (AUROC)",
     "classification": "Classification of held-out wells",
-    "retrieval": "Cross-batch replicate retrieval (mAP)",
-    "retrieval_biology": "Cross-batch retrieval by biology label (mAP)",
+    "retrieval": "Cross-batch replicate retrieval against the batch's controls (mAP)",
+    "retrieval_biology": "Cross-batch retrieval by biology label against controls (mAP)",
     "relationships": "Known-relationship recall",
     "moa": "MOA nearest neighbour (NSC / NSCB)",
 }

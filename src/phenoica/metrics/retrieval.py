@@ -148,6 +148,88 @@ def average_precision(X: np.ndarray, meta: pd.DataFrame, *, pos_sameby: str | Se
     return out
 
 
+def grouped_average_precision(X: np.ndarray, meta: pd.DataFrame, *, group: str, block: str,
+                              reference: np.ndarray, pos_diffby: str | Sequence[str] = (),
+                              query_mask: np.ndarray | None = None,
+                              chunk_size: int = DEFAULT_CHUNK) -> pd.DataFrame:
+    """Average precision of every query against its replicates and the reference (control)
+    wells of its own block, by cosine similarity: copairs' grouped approach, bounded in time and
+    memory by the size of a group and of a block instead of by all pairs of wells.
+
+    For a query row ``i`` (non-reference, in ``query_mask``): *positives* are the non-reference
+    rows of the same ``group`` that differ from ``i`` in every ``pos_diffby`` column; *negatives*
+    are the ``reference`` rows of the same ``block`` as ``i``. In copairs' terms, on the rows of
+    one group plus the reference rows: ``pos_sameby=[group]``, ``pos_diffby``,
+    ``neg_sameby=[block]``, ``neg_diffby=[group]``; :func:`average_precision` on those rows gives
+    the same values (tested), as does copairs. Ties put positives first; rows with a missing key
+    take part in no pair. Cost: one ``queries x block references`` product per block (in chunks of
+    ``chunk_size`` queries) and one ``queries x group`` product per group and block.
+
+    Returns one row per query (index = row position) with the key columns of ``meta``,
+    ``average_precision`` (NaN without positives), ``n_pos_pairs`` and ``n_total_pairs``.
+    """
+    import torch
+
+    pos_diffby = _as_list(pos_diffby)
+    X = np.asarray(X)
+    n = X.shape[0]
+    if len(meta) != n:
+        raise InputError("metadata", f"{len(meta)} rows for {n} profiles")
+    keys = list(dict.fromkeys([group, block, *pos_diffby]))
+    codes, complete = _column_codes(meta, keys)
+    reference = np.asarray(reference, bool) & complete
+    members = complete & ~reference
+    queries = members.copy() if query_mask is None else members & np.asarray(query_mask, bool)
+    query_rows = np.flatnonzero(queries)
+    Xn = torch.from_numpy(normalize_rows(X))
+    g_codes, b_codes = codes[group], codes[block]
+    by_group = pd.Series(np.flatnonzero(members)).groupby(g_codes[members]).apply(np.asarray)
+    slot = np.full(n, -1, dtype=np.int64)               # row -> position among the queries
+    slot[query_rows] = np.arange(len(query_rows))
+    ap = np.full(len(query_rows), np.nan)
+    n_pos = np.zeros(len(query_rows), dtype=np.int64)
+    n_total = np.zeros(len(query_rows), dtype=np.int64)
+    for b in np.unique(b_codes[query_rows]):
+        q_all = query_rows[b_codes[query_rows] == b]
+        q_all = q_all[np.argsort(g_codes[q_all], kind="stable")]       # chunks hold whole groups
+        refs = np.flatnonzero(reference & (b_codes == b))
+        R = Xn[refs]
+        for start in range(0, len(q_all), max(1, int(chunk_size))):
+            q = q_all[start:start + chunk_size]
+            neg = torch.sort(Xn[q] @ R.T, dim=1).values                # ascending, (len(q), K)
+            k = neg.shape[1]
+            for g in np.unique(g_codes[q]):
+                local = np.flatnonzero(g_codes[q] == g)
+                qi = q[local]
+                cand = by_group[g]
+                sims = Xn[qi] @ Xn[cand].T                               # (len(qi), len(cand))
+                ok = cand[None, :] != qi[:, None]
+                for col in pos_diffby:
+                    ok &= codes[col][cand][None, :] != codes[col][qi][:, None]
+                ok_t = torch.from_numpy(ok)
+                pos = torch.where(ok_t, sims, torch.tensor(-np.inf, dtype=sims.dtype))
+                pos = torch.sort(pos, dim=1, descending=True).values
+                m = ok.sum(1)
+                at = slot[qi]
+                n_pos[at] = m
+                n_total[at] = m + k
+                if k:
+                    above = k - torch.searchsorted(neg[local].contiguous(), pos.contiguous(),
+                                                   right=True)
+                else:
+                    above = torch.zeros_like(pos, dtype=torch.long)
+                hits = torch.arange(1, pos.shape[1] + 1, dtype=torch.float64)[None, :]
+                valid = torch.arange(pos.shape[1])[None, :] < torch.from_numpy(m)[:, None]
+                prec = torch.where(valid, hits / (hits + above.to(torch.float64)), 0.0)
+                ap[at] = np.where(m > 0, prec.sum(1).numpy() / np.maximum(m, 1), np.nan)
+    out = meta.iloc[query_rows][keys].copy()
+    out.index = query_rows
+    out["average_precision"] = ap
+    out["n_pos_pairs"] = n_pos
+    out["n_total_pairs"] = n_total
+    return out
+
+
 def _ap_from_ranks(ranks: np.ndarray) -> np.ndarray:
     """AP per row of sorted 0-based positive ranks (rows x m)."""
     hits = np.arange(1, ranks.shape[1] + 1, dtype=np.float64)

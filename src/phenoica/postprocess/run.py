@@ -41,6 +41,20 @@ def select_layer(adata: ad.AnnData, layer: str | int | None, source: str = "well
     return np.asarray(X, dtype=np.float32)
 
 
+def postprocess_wells(X: np.ndarray, obs: pd.DataFrame, *, method: str, params: dict | None = None,
+                      fit_on: str = "all", train_batches: list[str] | None = None):
+    """Fit ``method`` on the fitting set of ``X`` and transform every well: the computation of
+    the ``postprocess`` rule without the files -> ``(Z float32, fitted method, fitting mask)``."""
+    model = make_method(method, **dict(params or {}))
+    mask = fitting_mask(obs, fit_on, train_batches)
+    log.info("%s: fitting on %d of %d wells (fit_on=%s), %d features", method, int(mask.sum()),
+             len(obs), fit_on, X.shape[1])
+    model.fit(X[mask], obs.iloc[np.flatnonzero(mask)])
+    Z = model.transform(X, obs)
+    log.info("%s: %d wells -> %d components", method, Z.shape[0], Z.shape[1])
+    return Z, model, mask
+
+
 def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict | None = None,
                     fit_on: str = "all", layer: str | None = None,
                     train_batches: list[str] | None = None) -> None:
@@ -59,19 +73,14 @@ def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict
     X = select_layer(adata, layer, wells_path)
     obs = adata.obs
     try:
-        model = make_method(method, **params)
-        mask = fitting_mask(obs, fit_on, train_batches)
-        log.info("%s: fitting on %d of %d wells (fit_on=%s), %d features", method, int(mask.sum()),
-                 len(obs), fit_on, X.shape[1])
-        model.fit(X[mask], obs.iloc[np.flatnonzero(mask)])
-        Z = model.transform(X, obs)
+        Z, model, mask = postprocess_wells(X, obs, method=method, params=params, fit_on=fit_on,
+                                           train_batches=train_batches)
     except InputError as exc:
         if exc.source and exc.source != str(wells_path):
             raise InputError(wells_path, f"{exc.source}: {exc.problem}") from exc
         raise
     except ConfigError:
         raise
-    log.info("%s: %d wells -> %d components", method, Z.shape[0], Z.shape[1])
 
     if model.keeps_features and layer is None and Z.shape[1] == adata.n_vars:
         var_names = [str(v) for v in adata.var_names]
