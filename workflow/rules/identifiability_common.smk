@@ -1,14 +1,13 @@
 # Settings and input functions of the identifiability rules (identifiability.smk); functions
 # only, so that the rule file holds rules only.
-from phenoica.benchmarks.identifiability import DEFAULT_PARAMS as IDENT_DEFAULTS
-from phenoica.benchmarks.identifiability import identifiability_params
+from phenoica.benchmarks.identifiability import ALIGNMENT_KEYS, ISOMETRY_KEYS
 from phenoica.errors import ConfigError
 from phenoica.models.train import resolve_train_config
 
 IDENT = config["identifiability"]
-# the analysis parameters (phenoica.benchmarks.identifiability.DEFAULT_PARAMS), checked now
-IDENT_PARAMS = {key: IDENT[key] for key in IDENT_DEFAULTS}
-identifiability_params(IDENT_PARAMS)
+# the analysis settings each rule reads (checked by the schema), in canonical order
+IDENT_ALIGNMENT = {key: IDENT[key] for key in ALIGNMENT_KEYS}
+IDENT_ISOMETRY = {key: IDENT[key] for key in ISOMETRY_KEYS}
 
 
 def wd_label(weight_decay):
