@@ -1,10 +1,12 @@
 """The config schema: defaults, and errors that name the key path and the allowed values."""
 
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
+from phenoica.benchmarks import identifiability, synthetic
 from phenoica.config import load_config, validate_config
 from phenoica.errors import ConfigError
 
@@ -135,3 +137,28 @@ def test_schema_defaults_of_a_section_and_of_nested_objects():
     assert schema_defaults("benchmark")["n_folds"] == 5
     with pytest.raises(ConfigError, match="no section"):
         schema_defaults("no_such_section")
+
+
+#: schema section -> (the functions taking its keys as keyword-only arguments without defaults,
+#: the keys the workflow reads itself). Defaults live in the schema only.
+SECTION_FUNCTIONS = {
+    "identifiability": ((identifiability.alignment_table, identifiability.summarize_alignment,
+                         identifiability.isometry_table),
+                        {"seeds", "weight_decays", "sweep_seeds", "train", "probe_plates"}),
+    "synthetic": ((synthetic.run_synthetic_benchmark,), set()),
+}
+
+
+@pytest.mark.parametrize("section", sorted(SECTION_FUNCTIONS))
+def test_section_keys_are_the_keyword_only_arguments(section):
+    from phenoica.config import SCHEMA_DIR, load_schema
+
+    functions, workflow_keys = SECTION_FUNCTIONS[section]
+    keys = set(load_schema(SCHEMA_DIR / "config.schema.yaml")["properties"][section]["properties"])
+    arguments = set()
+    for func in functions:
+        for name, parameter in inspect.signature(func).parameters.items():
+            if parameter.kind is parameter.KEYWORD_ONLY:
+                assert parameter.default is parameter.empty, f"{func.__name__}({name}=...): defaults live in the schema"
+                arguments.add(name)
+    assert arguments == keys - workflow_keys

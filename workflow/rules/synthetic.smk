@@ -6,14 +6,13 @@
 # rescores without retraining.
 from phenoica.benchmarks.synthetic import MODELS as SYN_MODELS
 from phenoica.benchmarks.synthetic import TRAINED_MODELS as SYN_TRAINABLE
-from phenoica.benchmarks.synthetic import base_model, synthetic_params
+from phenoica.benchmarks.synthetic import DATASET_KEYS, SCORE_KEYS, TRAIN_KEYS, base_model
 from phenoica.simulate.factors import DATASETS as SYN_DATASETS
 
-SYN = synthetic_params(config["synthetic"])  # checked now: a bad key stops the dry run
-SYN_DATA = {key: SYN[key] for key in ("data_seed", "n_train", "n_eval", "image_size", "n_values")}
-SYN_TRAIN = {**SYN_DATA, **{key: SYN[key] for key in ("latent_dim", "width", "hidden", "steps",
-                                                      "batch_size", "lr", "weight_decay", "beta")}}
-SYN_SCORE = {key: SYN[key] for key in ("n_neighbors", "dci_estimator")}
+SYN = config["synthetic"]  # checked (and completed with the defaults) by the schema
+SYN_DATA = {key: SYN[key] for key in sorted(DATASET_KEYS)}
+SYN_TRAIN = {key: SYN[key] for key in sorted(TRAIN_KEYS)}
+SYN_SCORE = {key: SYN[key] for key in sorted(SCORE_KEYS)}
 
 
 wildcard_constraints:
