@@ -288,7 +288,7 @@ def ica_stability(Z: np.ndarray, *, k: int, seeds: list[int] | tuple[int, ...], 
     representation of the same rows, rotated, shares, so the cross-seed ICA alignment cannot
     tell them from real sources); two disjoint halves do not share them.
 
-    Returns ``(stability, raw)``; NaN for k < 2.
+    Returns ``(stability, raw)``; NaN for k < 2 or fewer than 4 k rows.
     """
     Z = np.asarray(Z, dtype=np.float64)
     if len(seeds) < 1:
@@ -296,7 +296,8 @@ def ica_stability(Z: np.ndarray, *, k: int, seeds: list[int] | tuple[int, ...], 
     if k < 2:
         return float("nan"), float("nan")
     if len(Z) < 4 * k:
-        raise ValueError(f"{len(Z)} rows are too few for split-half ICA stability at k = {k} (need {4 * k})")
+        log.warning("%d rows are too few for split-half ICA stability at k = %d (need %d): NaN", len(Z), k, 4 * k)
+        return float("nan"), float("nan")
     worst = []
     for s in seeds:
         order = np.random.default_rng(int(s)).permutation(len(Z))
