@@ -92,8 +92,10 @@ SECTION_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "validation": ("phenoica.validation:run_validation_controls",),
     "benchmark": ("phenoica.benchmarks.generalization:run_generalization",
                   "phenoica.benchmarks.generalization:evaluate_method"),
-    # "identifiability": (...),  converted by the identifiability work (helper ident)
-    # "synthetic": (...),        converted by the identifiability work (helper ident)
+    "identifiability": ("phenoica.benchmarks.identifiability:alignment_table",
+                        "phenoica.benchmarks.identifiability:summarize_alignment",
+                        "phenoica.benchmarks.identifiability:isometry_table"),
+    "synthetic": ("phenoica.benchmarks.synthetic:run_synthetic_benchmark",),
 }
 # Sections whose values reach the package in another form, and why.
 OTHER_SECTIONS: dict[str, str] = {
@@ -109,8 +111,6 @@ OTHER_SECTIONS: dict[str, str] = {
     "rotation_null": "split by the workflow: n_rotations and first_seed -> run_rotation_null (one null "
                      "per PCA+Rand output), n_bootstrap and bootstrap_seed -> collect_results (the "
                      "summary's intervals)",
-    "identifiability": "not converted yet (helper ident)",
-    "synthetic": "not converted yet (helper ident)",
 }
 
 
@@ -184,7 +184,7 @@ def test_workflow_only_keys_are_left_out_of_the_section_defaults():
     ("report", {"max_wells": 5}, "report.max_wells"), ("report", {"color": "batch"}, "report.color"),
     ("report", {"color": []}, "report.color"),
     ("scores", {"knn": 3}, "scores"), ("scores", {"margin": 0.5}, "scores.margin"),
-    ("identifiability", {"ica_components": "many"}, "identifiability.ica_components"),
+    ("identifiability", {"k": "many"}, "identifiability.k"),
     ("identifiability", {"linear_ridge": "gcv"}, "identifiability.linear_ridge"),
     ("synthetic", {"image_size": 24}, "synthetic.image_size"),
 ])

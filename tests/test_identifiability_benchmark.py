@@ -11,13 +11,18 @@ from scipy.stats import ortho_group
 
 from phenoica.benchmarks.identifiability import (
     ALIGNMENT_COLUMNS,
+    ALIGNMENT_KEYS,
     ISOMETRY_COLUMNS,
+    ISOMETRY_KEYS,
+    SUMMARY_COLUMNS,
     alignment_table,
     identifiability_alignment,
-    identifiability_params,
+    k_grid,
     plot_isometry,
+    selected_rows,
     summarize_alignment,
 )
+from phenoica.config import schema_defaults
 from phenoica.errors import ConfigError, InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,54 +53,111 @@ def _write_seed(tmp_path, seed: int, *, drop_rows: int = 0, layers=(1, 2)) -> st
     return str(path)
 
 
-def _value(table, layer, map_name, metric):
+def _value(table, layer, map_name, metric, k=None):
     hit = table[(table["layer"] == layer) & (table["map"] == map_name) & (table["metric"] == metric)]
+    if k is not None:
+        hit = hit[hit["k"] == k]
     return hit["value"].to_numpy()
 
 
-def test_alignment_table_known_structure(tmp_path):
+def _settings(**overrides):
+    """The config's identifiability keys of the alignment rule: schema defaults + overrides
+    (2 stability splits instead of 5 keep the test fast)."""
+    defaults = schema_defaults("identifiability")
+    return {**{key: defaults[key] for key in ALIGNMENT_KEYS}, "stability_seeds": 2, **overrides}
+
+
+def _table(paths, seeds, **overrides):
+    settings = _settings(**overrides)
+    settings.pop("stability_threshold")
+    return alignment_table(paths, seeds, **settings)
+
+
+def test_alignment_table_known_structure(tmp_path, caplog):
     paths = [_write_seed(tmp_path, s, drop_rows=5 * s) for s in (2, 0, 1)]
-    out, png = tmp_path / "alignment.tsv", tmp_path / "alignment.png"
-    identifiability_alignment(embeddings=paths, seeds=[2, 0, 1], out_tsv=out, out_png=png,
-                              params={"ica_components": None})
+    out, summary_tsv, png = tmp_path / "alignment.tsv", tmp_path / "summary.tsv", tmp_path / "alignment.png"
+    identifiability_alignment(paths, [2, 0, 1], out, summary_tsv, png, **_settings(dims=[2, 4]))
     table = pd.read_csv(out, sep="\t")
     assert tuple(table.columns) == ALIGNMENT_COLUMNS
-    assert set(zip(table["seed_a"], table["seed_b"])) == {(0, 1), (0, 2), (1, 2)}
-    assert set(table["layer"]) == {1, 2}
+    pairs = table[table["seed_a"] != table["seed_b"]]
+    assert set(zip(pairs["seed_a"], pairs["seed_b"])) == {(0, 1), (0, 2), (1, 2)}
+    assert set(table["layer"]) == {1, 2} and set(table["k"]) == {2, 4}
     assert set(table["map"]) == {"all", "permutation", "rigid", "linear", "ica"}
-    # layer 2: signed permutations -> every map aligns exactly
-    assert np.all(_value(table, 2, "permutation", "mean_error") < 1e-6)
-    assert np.all(_value(table, 2, "permutation", "mcc_split") > 0.999)
+    # layer 2: signed permutations -> every map aligns exactly, at full k
+    assert np.all(_value(table, 2, "permutation", "mean_error", k=4) < 1e-6)
+    assert np.all(_value(table, 2, "permutation", "mcc_split", k=4) > 0.999)
     # layer 1: rotations -> permutation fails, rigid and ICA (non-Gaussian sources) succeed
-    perm = _value(table, 1, "permutation", "mean_error")
-    rigid = _value(table, 1, "rigid", "mean_error")
-    ica = _value(table, 1, "ica", "mean_error")
-    assert np.all(perm > 0.05) and np.all(rigid < 0.01) and np.all(ica < 0.5 * perm)
-    assert np.all(_value(table, 1, "ica", "efficiency") > 0.7)
-    assert np.all(_value(table, 1, "ica", "n_components") == DIM)
+    perm = _value(table, 1, "permutation", "mean_error", k=4)
+    rigid = _value(table, 1, "rigid", "mean_error", k=4)
+    ica = _value(table, 1, "ica", "mean_error", k=4)
+    assert np.all(perm > 0.05) and np.all(rigid < 0.01) and np.all(ica < 0.2 * perm)
+    assert np.all(_value(table, 1, "ica", "n_components", k=2) == 2)
+    # one stability row per seed, layer and k (seed_a == seed_b)
+    stability = table[table["metric"] == "stability"]
+    assert len(stability) == 3 * 2 * 2 and (stability["seed_a"] == stability["seed_b"]).all()
+    # the 4 sources (equal scales) are found again on halves of ~96 rows at k = 4; the top-2
+    # principal axes of isotropic sources mix them arbitrarily: no reproducible components at k = 2
+    assert np.median(_value(table, 1, "ica", "stability", k=4)) > 0.75
+    assert np.median(_value(table, 1, "ica", "stability", k=2)) < 0.5
+
+    summary = pd.read_csv(summary_tsv, sep="\t")
+    assert tuple(summary.columns) == SUMMARY_COLUMNS
+    chosen = selected_rows(summary).set_index("layer")
+    assert chosen.loc[1, "k"] == 4  # the uniform sources are stable at every k: the largest k
+    assert chosen.loc[1, "efficiency"] > 0.9 and chosen.loc[1, "k_below_5"] == 1.0
+    assert "k = 4 components (< 5)" in caplog.text
     assert png.stat().st_size > 1000
-    summary = summarize_alignment(table)
-    assert {"mean_error", "sup_error", "efficiency"} <= set(summary.columns)
+
+
+def test_summary_efficiency_is_a_ratio_of_pair_averaged_errors():
+    """Two seed pairs: efficiencies 1.0 and 0.0 per pair, but the paper's figure is the ratio of
+    mean errors, (0.30 - 0.25) / (0.30 - 0.10) = 0.25, not the mean of the ratios, 0.5."""
+    rows = []
+    for (a, b), (perm, rigid, ica) in (((0, 1), (0.2, 0.1, 0.1)), ((0, 2), (0.4, 0.1, 0.4))):
+        for name, value in (("permutation", perm), ("rigid", rigid), ("ica", ica)):
+            rows.append((3, a, b, name, 8, "mean_error", value))
+    for seed, value in ((0, 0.9), (1, 0.8), (2, 0.2)):
+        rows.append((3, seed, seed, "ica", 8, "stability", value))
+    table = pd.DataFrame(rows, columns=ALIGNMENT_COLUMNS)
+    summary = summarize_alignment(table, k="stable", stability_threshold=0.75)
+    row = selected_rows(summary).iloc[0]
+    assert row["efficiency"] == pytest.approx(0.25)
+    assert row["stability"] == pytest.approx(0.8)  # median over the seeds
+    assert row["permutation"] == pytest.approx(0.3)
+    assert _value(summary, 3, "permutation", "mean_error_max", k=8) == pytest.approx(0.4)
+    # no k reaches a stricter threshold: the smallest k is reported, flagged as not stable
+    strict = summarize_alignment(table, k="stable", stability_threshold=0.95)
+    assert _value(strict, 3, "all", "stable", k=8) == 0.0
+
+
+def test_k_grid():
+    assert k_grid(None, "stable", rank=64, n_fit=200) == [2, 3, 4, 6, 8, 12, 16, 24, 32, 40]
+    assert k_grid(None, "stable", rank=5, n_fit=200) == [2, 3, 4, 5]
+    assert k_grid([2, 8, 100], 6, rank=20, n_fit=1000) == [2, 6, 8]  # 100 > rank is left out
+    with pytest.raises(ValueError, match="rank 1"):
+        k_grid(None, "stable", rank=1, n_fit=200)
 
 
 def test_alignment_options_and_errors(tmp_path):
     paths = [_write_seed(tmp_path, s) for s in (0, 1)]
-    table = alignment_table(paths, [0, 1], {"layers": [2], "maps": ["rigid"], "max_rows": 100, "diameter": "q99"})
-    assert set(table["layer"]) == {2} and set(table["map"]) == {"all", "rigid"}
+    table = _table(paths, [0, 1], layers=[2], maps=["rigid"], max_rows=100, diameter="q99", dims=[3])
+    assert set(table["layer"]) == {2} and set(table["map"]) == {"all", "rigid", "ica"}  # ica: stability rows
+    assert set(table["k"]) == {3}
     only_one = _write_seed(tmp_path, 3, layers=(1,))
     with pytest.raises(InputError, match="X_layer2"):
-        alignment_table([paths[0], only_one], [0, 3], {"layers": [2]})
+        _table([paths[0], only_one], [0, 3], layers=[2])
     with pytest.raises(ConfigError, match="one seed each"):
-        alignment_table(paths, [0], {})
+        _table(paths, [0])
     with pytest.raises(ConfigError, match="duplicate"):
-        alignment_table(paths, [0, 0], {})
+        _table(paths, [0, 0])
     with pytest.raises(ConfigError, match="identifiability.maps"):
-        identifiability_params({"maps": ["affine"]})
-    with pytest.raises(ConfigError, match="identifiability.ica_components"):
-        identifiability_params({"ica_components": "all"})
+        _table(paths, [0, 1], maps=["affine"])
+    with pytest.raises(ConfigError, match="unknown settings .'ica_components'"):
+        identifiability_alignment(paths, [0, 1], tmp_path / "a.tsv", tmp_path / "s.tsv",
+                                  **_settings(ica_components="auto"))
     (tmp_path / "broken.h5ad").write_bytes(b"nope")
     with pytest.raises(InputError, match="broken.h5ad"):
-        alignment_table([paths[0], str(tmp_path / "broken.h5ad")], [0, 1], {})
+        _table([paths[0], str(tmp_path / "broken.h5ad")], [0, 1])
 
 
 def test_too_few_shared_rows(tmp_path):
@@ -103,7 +165,7 @@ def test_too_few_shared_rows(tmp_path):
     small = ad.read_h5ad(a)[:5].copy()
     small.write_h5ad(tmp_path / "small.h5ad")
     with pytest.raises(InputError, match="share only 5 probe rows"):
-        alignment_table([a, str(tmp_path / "small.h5ad")], [0, 1], {})
+        _table([a, str(tmp_path / "small.h5ad")], [0, 1])
 
 
 def test_plot_isometry(tmp_path):
@@ -171,9 +233,9 @@ def test_decoder_isometry_end_to_end(tmp_path):
             seeds.append(seed)
             embeddings.append(_write_seed(tmp_path, 10 * int(wd * 10) + seed))
     out, png = tmp_path / "isometry.tsv", tmp_path / "isometry.png"
-    decoder_isometry(checkpoints=checkpoints, weight_decays=wds, seeds=seeds, embeddings=embeddings,
-                     manifests=[manifest], channels=["DNA", "ER"], out_tsv=out, out_png=png,
-                     params={"n_pairs": 100, "max_probe_crops": 12, "layer": 2})
+    defaults = schema_defaults("identifiability")
+    settings = {**{key: defaults[key] for key in ISOMETRY_KEYS}, "n_pairs": 100, "max_probe_crops": 12, "layer": 2}
+    decoder_isometry(checkpoints, wds, seeds, embeddings, [manifest], ["DNA", "ER"], out, png, **settings)
     table = pd.read_csv(out, sep="\t")
     assert tuple(table.columns) == ISOMETRY_COLUMNS and len(table) == 4
     assert np.all(np.isfinite(table["bilipschitz_L"])) and np.all(table["bilipschitz_L"] > 0)

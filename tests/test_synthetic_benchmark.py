@@ -9,49 +9,49 @@ import pandas as pd
 import pytest
 
 from phenoica.benchmarks.synthetic import (
-    DEFAULT_PARAMS,
-    FULL_PARAMS,
+    DATASET_KEYS,
     PAPER_INFOMEC,
+    SCORE_KEYS,
     TABLE_COLUMNS,
+    TRAIN_KEYS,
     base_model,
     collect_synthetic,
     make_synthetic_dataset,
     score_latents,
     score_synthetic,
     summarize_synthetic,
-    synthetic_params,
     train_synthetic,
 )
+from phenoica.config import schema_defaults
 from phenoica.errors import ConfigError, InputError
 from phenoica.simulate.factors import make_factor_dataset
 
+# the schema's defaults (the one place they live) with a tiny grid on top
+TINY = {**schema_defaults("synthetic"), "datasets": ["shapes"], "seeds": [0], "n_train": 160, "n_eval": 100,
+        "image_size": 16, "steps": 15, "batch_size": 32, "width": 8, "hidden": 32, "latent_dim": 6,
+        "dci_estimator": "lasso"}
+DATA = {key: TINY[key] for key in DATASET_KEYS}
+TRAIN = {key: TINY[key] for key in TRAIN_KEYS}
+SCORE = {key: TINY[key] for key in SCORE_KEYS}
+
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = {"datasets": ["shapes"], "seeds": [0], "n_train": 160, "n_eval": 100, "image_size": 16,
-        "steps": 15, "batch_size": 32, "width": 8, "hidden": 32, "latent_dim": 6, "dci_estimator": "lasso"}
 
-
-def test_params_defaults_and_errors():
-    p = synthetic_params({"seeds": [3], "beta": {"beta_vae": 2.0}})
-    assert p["seeds"] == [3] and p["beta"] == {"beta_vae": 2.0, "beta_tcvae": 6.0}
-    assert p["steps"] == DEFAULT_PARAMS["steps"]
-    assert synthetic_params(FULL_PARAMS)["image_size"] == 64
-    for bad, key in (({"stepz": 3}, "synthetic.stepz"), ({"models": ["vae"]}, "synthetic.models"),
-                     ({"datasets": []}, "synthetic.datasets"), ({"image_size": 24}, "synthetic.image_size"),
-                     ({"seeds": [-1]}, "synthetic.seeds"), ({"n_eval": 10}, "synthetic.n_eval")):
-        with pytest.raises(ConfigError, match=key):
-            synthetic_params(bad)
+def test_base_model_and_missing_beta(tmp_path):
     assert base_model("ae_ica") == "ae" and base_model("beta_vae") == "beta_vae"
     with pytest.raises(ConfigError):
         base_model("pca")
+    with pytest.raises(ConfigError, match="synthetic.beta: no value for 'beta_tcvae'"):
+        train_synthetic(tmp_path / "none.npz", "beta_tcvae", 0, tmp_path / "z.h5ad", **{**TRAIN, "beta": {"beta_vae": 2}})
 
 
 def test_rule_functions_end_to_end(tmp_path):
     data = tmp_path / "data" / "shapes.npz"
-    make_synthetic_dataset(dataset="shapes", out=data, params=TINY)
+    make_synthetic_dataset("shapes", data, **DATA)
     latents = tmp_path / "shapes" / "ae" / "seed0.h5ad"
     weights = tmp_path / "shapes" / "ae" / "seed0.safetensors"
-    train_synthetic(dataset_path=data, model="ae", seed=0, out_latents=latents, out_weights=weights, params=TINY)
+    train_synthetic(data, "ae", 0, latents, weights, **TRAIN)
     adata = ad.read_h5ad(latents)
     assert adata.shape == (100, 6) and adata.obsm["X_ica"].shape == (100, 6)
     assert list(adata.obs.columns) == ["shape", "scale", "rotation", "pos_x", "pos_y", "object_hue", "background_hue"]
@@ -64,10 +64,10 @@ def test_rule_functions_end_to_end(tmp_path):
     tables = []
     for model in ("ae", "ae_ica"):
         out = tmp_path / "shapes" / model / "seed0.tsv"
-        score_synthetic(latents=latents, model=model, out_tsv=out, params=TINY)
+        score_synthetic(latents, model, out, **SCORE)
         tables.append(out)
     with pytest.raises(InputError, match="needs 'beta_vae'"):
-        score_synthetic(latents=latents, model="beta_vae", out_tsv=tmp_path / "x.tsv", params=TINY)
+        score_synthetic(latents, "beta_vae", tmp_path / "x.tsv", **SCORE)
 
     out_tsv, summary, png = tmp_path / "disentanglement.tsv", tmp_path / "summary.tsv", tmp_path / "fig.png"
     collect_synthetic(tables=tables, out_tsv=out_tsv, out_summary=summary, out_png=png)
@@ -84,10 +84,9 @@ def test_rule_functions_end_to_end(tmp_path):
 
 def test_dataset_size_mismatch_is_an_input_error(tmp_path):
     data = tmp_path / "shapes.npz"
-    make_synthetic_dataset(dataset="shapes", out=data, params=TINY)
+    make_synthetic_dataset("shapes", data, **DATA)
     with pytest.raises(InputError, match="expected n_train"):
-        train_synthetic(dataset_path=data, model="ae", seed=0, out_latents=tmp_path / "z.h5ad",
-                        params={**TINY, "n_eval": 60})
+        train_synthetic(data, "ae", 0, tmp_path / "z.h5ad", **{**TRAIN, "n_eval": 60})
 
 
 def _codes_file(codes: np.ndarray, ds, model: str = "ae", ica: np.ndarray | None = None) -> ad.AnnData:
@@ -104,11 +103,11 @@ def test_scoring_wiring_on_known_codes():
     ds = make_factor_dataset("cells", 400, size=8, seed=2)
     perfect = (ds.factors - ds.factors.mean(0)) / ds.factors.std(0)
     rotated = perfect @ np.linalg.qr(np.random.default_rng(0).normal(size=(7, 7)))[0]
-    fast = {"dci_estimator": "lasso"}
-    table = score_latents(_codes_file(rotated, ds, ica=perfect), model="ae_ica", params=fast)
+    fast = {"dci_estimator": "lasso", "n_neighbors": 10}
+    table = score_latents(_codes_file(rotated, ds, ica=perfect), "ae_ica", **fast)
     scores = table.set_index("metric")["value"]
     assert scores["MCC"] == pytest.approx(1.0) and scores["InfoM"] > 0.95 and scores["DCI_D"] > 0.9
-    raw = score_latents(_codes_file(rotated, ds, ica=perfect), model="ae", params=fast).set_index("metric")["value"]
+    raw = score_latents(_codes_file(rotated, ds, ica=perfect), "ae", **fast).set_index("metric")["value"]
     assert raw["MCC"] < 0.9 and raw["InfoM"] < scores["InfoM"] - 0.2
     assert set(table["model"]) == {"ae_ica"} and set(table["dataset"]) == {"cells"}
 

@@ -14,7 +14,6 @@ import yaml
 from helpers_workflow import REPO, copy_project, make_project
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-WORKFLOW_KEYS = {"seeds", "weight_decays", "sweep_seeds", "train", "probe_plates"}
 
 # Tiny sections: 2 seeds, a 2-value weight-decay sweep, a 1-epoch MAE on 2 plates (24 probe sites)
 TINY_IDENT = {"seeds": [0, 1], "weight_decays": [0.05, 0.5], "sweep_seeds": [0, 1], "train": {},
@@ -29,39 +28,26 @@ def _defaults(section: str) -> dict:
     return validate_config({}, SCHEMA)[section]
 
 
-def test_identifiability_schema_defaults_match_the_code_defaults():
-    from phenoica.benchmarks.identifiability import DEFAULT_PARAMS, identifiability_params
-
+def test_demo_sections():
     schema = _defaults("identifiability")
-    assert set(schema) == set(DEFAULT_PARAMS) | WORKFLOW_KEYS
-    assert {k: v for k, v in schema.items() if k not in WORKFLOW_KEYS} == identifiability_params()
     # the demo compares 3 seeds and sweeps 3 weight decays, one of them the main training's
     assert schema["seeds"] == [0, 1, 2] and len(schema["weight_decays"]) == 3
     assert _defaults("train")["weight_decay"] in schema["weight_decays"]
-    # identifiability_params passes the workflow keys through untouched
-    assert identifiability_params(schema) == schema
-
-
-def test_synthetic_schema_defaults_match_the_code_defaults():
-    from phenoica.benchmarks.synthetic import DEFAULT_PARAMS, synthetic_params
-
-    schema = _defaults("synthetic")
-    assert schema == DEFAULT_PARAMS == synthetic_params()
-    assert synthetic_params(schema) == schema  # every schema key is one synthetic_params accepts
+    assert schema["k"] == "stable" and "ica_components" not in schema
 
 
 def test_full_example_is_valid_and_larger_than_the_demo():
-    from phenoica.benchmarks.identifiability import identifiability_params
-    from phenoica.benchmarks.synthetic import FULL_PARAMS, synthetic_params
     from phenoica.config import validate_config
 
     full = yaml.safe_load((REPO / "config" / "examples" / "identifiability_full.yaml").read_text())
     config = validate_config({**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), **full}, SCHEMA)
     ident, demo = config["identifiability"], _defaults("identifiability")
-    identifiability_params(ident)
     assert ident["train"] == {}  # the full run shares seed train.seed with the main pipeline
     assert len(ident["seeds"]) >= len(demo["seeds"]) and len(ident["weight_decays"]) > len(demo["weight_decays"])
-    assert synthetic_params(config["synthetic"]) == synthetic_params(FULL_PARAMS)
+    # the example spells out every key of both sections
+    assert set(full["identifiability"]) == set(demo) and set(full["synthetic"]) == set(_defaults("synthetic"))
+    synth, small = config["synthetic"], _defaults("synthetic")
+    assert synth["n_train"] > small["n_train"] and synth["steps"] > small["steps"] and len(synth["seeds"]) >= 5
     for rule in ("identifiability_train", "identifiability_embed"):
         assert config["resources"][rule]["gpu"] >= 1
 
@@ -146,9 +132,11 @@ def test_identifiability_end_to_end(reference_run, tmp_path):
     assert len(trainings) == 3  # seed 1, and seeds 0 and 1 at the other weight decay
     project.run("identifiability")
     out = project.results() / "identifiability"
-    alignment = _table(out / "alignment.tsv", ("layer", "seed_a", "seed_b", "map", "metric", "value"))
+    alignment = _table(out / "alignment.tsv", ("layer", "seed_a", "seed_b", "map", "k", "metric", "value"))
     assert set(alignment["layer"]) == {1, 2, 3, 4, 5}  # every block of mae_vit_demo
-    assert set(zip(alignment["seed_a"], alignment["seed_b"])) == {(0, 1)}
+    pairs = alignment[alignment["seed_a"] != alignment["seed_b"]]
+    assert set(zip(pairs["seed_a"], pairs["seed_b"])) == {(0, 1)}
+    assert (alignment["k"] >= 2).all()
     assert {"permutation", "rigid", "linear", "ica"} <= set(alignment["map"])
     assert np.isfinite(alignment["value"]).all()
     errors = alignment[alignment["metric"].isin(["mean_error", "sup_error"])]["value"]
@@ -156,6 +144,8 @@ def test_identifiability_end_to_end(reference_run, tmp_path):
     mcc = alignment[alignment["metric"].str.startswith("mcc")]["value"]
     assert ((mcc >= 0) & (mcc <= 1 + 1e-9)).all()
     assert (out / "alignment.png").stat().st_size > 1000
+    summary = _table(out / "alignment_summary.tsv", ("layer", "k", "map", "metric", "value"))
+    assert (summary["metric"] == "selected").sum() == 5  # one selected k per layer
 
     isometry = _table(out / "isometry.tsv", ("weight_decay", "seed", "bilipschitz_L", "rigid_bound", "ratio_median",
                                              "ratio_min", "ratio_max", "rigid_error", "rigid_sup_error", "n_probe"))

@@ -7,9 +7,12 @@
 #    otherwise they live under results/identifiability/models/{model}/wd{wd}/seed{seed}.
 # 2. Every checkpoint embeds the same probe sites (the plates of identifiability.probe_plates) at
 #    every layer.
-# 3. alignment.tsv: per layer and seed pair, errors after the best permutation / rigid / linear /
-#    ICA map; isometry.tsv: per checkpoint of the sweep, its decoder's bi-Lipschitz estimate and
-#    its rigid alignment error to the other seeds of its weight decay.
+# 3. alignment.tsv: per layer, subspace dimension k and seed pair, errors after the best
+#    permutation / rigid / linear / ICA map, all in the same top-k principal subspace, and each
+#    seed's ICA stability at k; alignment_summary.tsv: pair-averaged errors, the ICA efficiency
+#    from them and the selected k per layer; isometry.tsv: per checkpoint of the sweep, its
+#    decoder's bi-Lipschitz estimate and its rigid alignment error to the other seeds of its
+#    weight decay.
 include: "identifiability_common.smk"
 
 
@@ -68,10 +71,11 @@ rule identifiability_alignment:
         embeddings=[ident_embedding(MODEL, IDENT_WD, seed) for seed in IDENT_SEEDS],
     output:
         table="<results>/identifiability/alignment.tsv",
+        summary="<results>/identifiability/alignment_summary.tsv",
         figure="<results>/identifiability/alignment.png",
     params:
         seeds=canonical(IDENT_SEEDS),
-        params=canonical(IDENT_PARAMS),
+        settings=canonical(IDENT_ALIGNMENT),
     threads: rule_threads("identifiability_alignment")
     resources:
         **rule_resources("identifiability_alignment"),
@@ -96,7 +100,7 @@ rule identifiability_isometry:
         weight_decays=canonical([float(wd) for wd, _ in IDENT_SWEEP]),
         seeds=canonical([seed for _, seed in IDENT_SWEEP]),
         channels=canonical(CHANNEL_NAMES),
-        params=canonical(IDENT_PARAMS),
+        settings=canonical(IDENT_ISOMETRY),
     threads: rule_threads("identifiability_isometry")
     resources:
         **rule_resources("identifiability_isometry"),
@@ -111,6 +115,7 @@ rule identifiability_isometry:
 rule identifiability:
     input:
         "<results>/identifiability/alignment.tsv",
+        "<results>/identifiability/alignment_summary.tsv",
         "<results>/identifiability/alignment.png",
         "<results>/identifiability/isometry.tsv",
         "<results>/identifiability/isometry.png",

@@ -1,15 +1,14 @@
 # Settings and input functions of the identifiability rules (identifiability.smk); functions
 # only, so that the rule file holds rules only. The config schema has checked every setting;
 # only light modules are imported here (see common.smk).
-from phenoica.config import check_section, schema_node
+from phenoica.benchmarks.rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS
+from phenoica.config import check_section
 from phenoica.errors import ConfigError
 
 IDENT = config["identifiability"]
-# keys the workflow reads itself; the others are the analysis parameters of the rule functions
-# (in the schema's order, so that the rules' params do not depend on the order of the config)
-IDENT_WORKFLOW_KEYS = ("seeds", "weight_decays", "sweep_seeds", "train", "probe_plates")
-IDENT_PARAMS = {key: IDENT[key] for key in schema_node("identifiability")["properties"]
-                if key not in IDENT_WORKFLOW_KEYS}
+# the analysis settings each rule reads (checked by the schema); canonical() sorts them
+IDENT_ALIGNMENT = {key: IDENT[key] for key in ALIGNMENT_KEYS}
+IDENT_ISOMETRY = {key: IDENT[key] for key in ISOMETRY_KEYS}
 
 
 def wd_label(weight_decay):

@@ -8,14 +8,14 @@
 from phenoica.benchmarks.synthetic_grid import MODELS as SYN_MODELS
 from phenoica.benchmarks.synthetic_grid import TRAINED_MODELS as SYN_TRAINABLE
 from phenoica.benchmarks.synthetic_grid import base_model
+from phenoica.benchmarks.rule_keys import DATASET_KEYS, SCORE_KEYS, TRAIN_KEYS
 from phenoica.config import schema_node
 
 SYN = config["synthetic"]
 SYN_DATASETS = schema_node("synthetic.datasets")["items"]["enum"]
-SYN_DATA = {key: SYN[key] for key in ("data_seed", "n_train", "n_eval", "image_size", "n_values")}
-SYN_TRAIN = {**SYN_DATA, **{key: SYN[key] for key in ("latent_dim", "width", "hidden", "steps",
-                                                      "batch_size", "lr", "weight_decay", "beta")}}
-SYN_SCORE = {key: SYN[key] for key in ("n_neighbors", "dci_estimator")}
+SYN_DATA = {key: SYN[key] for key in DATASET_KEYS}
+SYN_TRAIN = {key: SYN[key] for key in TRAIN_KEYS}
+SYN_SCORE = {key: SYN[key] for key in SCORE_KEYS}
 
 
 wildcard_constraints:

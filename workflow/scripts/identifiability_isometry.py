@@ -6,4 +6,4 @@ run_rule(smk, decoder_isometry, checkpoints=list(smk.params.checkpoints),
          weight_decays=list(smk.params.weight_decays), seeds=list(smk.params.seeds),
          embeddings=list(smk.input.embeddings), manifests=list(smk.input.manifests),
          channels=list(smk.params.channels), out_tsv=smk.output.table, out_png=smk.output.figure,
-         params=dict(smk.params.params))
+         **dict(smk.params.settings))

@@ -2,6 +2,5 @@ from phenoica.benchmarks.synthetic import train_synthetic
 from phenoica.workflow import run_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-run_rule(smk, train_synthetic, dataset_path=smk.input.data, model=smk.wildcards.arch,
-         seed=int(smk.wildcards.seed), out_latents=smk.output.latents, out_weights=smk.output.weights,
-         params=dict(smk.params.synthetic))
+run_rule(smk, train_synthetic, smk.input.data, smk.wildcards.arch, int(smk.wildcards.seed), smk.output.latents,
+         smk.output.weights, **dict(smk.params.synthetic))

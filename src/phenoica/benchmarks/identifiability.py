@@ -2,45 +2,61 @@
 
 Rule-level functions::
 
-    identifiability_alignment(embeddings=, seeds=, out_tsv=, out_png=, params=)
+    identifiability_alignment(embeddings, seeds, out_tsv, out_summary, out_png, **settings)
         per-seed embeddings of one shared probe set (AnnData, obsm["X_layer<k>"])
-        -> results/identifiability/alignment.tsv  (layer, seed_a, seed_b, map, metric, value)
-    decoder_isometry(checkpoints=, weight_decays=, seeds=, embeddings=, manifests=, channels=,
-                     out_tsv=, out_png=, params=)
+        -> results/identifiability/alignment.tsv          (layer, seed_a, seed_b, map, k, metric, value)
+        -> results/identifiability/alignment_summary.tsv  (layer, k, map, metric, value)
+    decoder_isometry(checkpoints, weight_decays, seeds, embeddings, manifests, channels, out_tsv,
+                     out_png, **settings)
         MAE checkpoints of a weight-decay x seed sweep, their probe embeddings, probe images
         -> results/identifiability/isometry.tsv   (weight_decay, seed, bilipschitz_L, ...)
 
-Protocol (alignment): the probe rows common to every file are split once, seeded, into fitting
-and test rows (``fit_fraction``); for every layer and every pair of seeds (a < b) the maps of
-``phenoica.metrics.identifiability.alignment_errors`` from seed a's representation to seed b's
-are fitted on the fitting rows and scored on the test rows. Errors are relative to the latent
-diameter of seed b on the test rows.
+``settings`` are the config's ``identifiability`` keys, the keyword-only arguments of
+:func:`alignment_table` and :func:`summarize_alignment` (``ALIGNMENT_KEYS``) or of
+:func:`isometry_table` (``ISOMETRY_KEYS``); their defaults live in the workflow's schema only
+(``phenoica.config.schema_defaults("identifiability")``).
 
-ICA components: with ``ica_components: auto`` both sides are whitened to k components, the
-larger of the two sides' counts of principal components holding ``ica_variance`` (90 %) of the
-variance on the fitting rows, capped at n_fit / 5 (ICA on as many dimensions as samples fits
-noise). Trailing low-variance components of a small probe set are close to Gaussian noise, and
-a signed permutation cannot align noise, so a larger k lowers the measured ICA efficiency;
-a float in (0, 1) sets that share without the cap, an integer fixes k, ``null`` keeps each side's rank. The
-number used is recorded (``map=ica, metric=n_components``). The linear map is ridge-stabilised
-by 5-fold CV (``linear_ridge: cv``; 0 = plain least squares), since probe sets often
-have fewer fitting rows than dimensions.
+Protocol (alignment): the probe rows common to every file are split once, seeded, into fitting
+and test rows (``fit_fraction``). For every layer, every subspace dimension k of the sweep and
+every pair of seeds (a < b), both representations are projected on their own top-k principal
+axes (fitted on the fitting rows) and the maps of
+``phenoica.metrics.identifiability.alignment_errors`` from seed a's projection to seed b's are
+fitted on the fitting rows and scored on the test rows: every map class sees the same input and
+aims at the same target, so the ICA error no longer includes what the truncation to k
+components leaves out. Errors are relative to the latent diameter of seed b's projection on the
+test rows. Rows with ``seed_a == seed_b`` describe one seed's representation: its ICA
+``stability`` at k (chance-corrected split-half reproducibility of its ICA components,
+``phenoica.metrics.identifiability.ica_stability``).
+
+The sweep (``dims``; null = 2, 3, 4, 6, 8, 12, ... up to min(rank, n_fit / 5)) shows how the
+comparison depends on k. The headline k per layer (``k: stable``) is the largest k of the sweep
+whose every ICA component is reproducible (median stability over the seeds >=
+``stability_threshold``): beyond it ICA unmixes near-Gaussian directions that no run can reproduce and the
+ICA map then matches arbitrary directions. A selected k below 5 is logged as a warning and
+flagged (``k_below_5``): few components make every map class look alike.
+
+Summary (:func:`summarize_alignment`): errors averaged over the seed pairs, with their range, and
+the ICA efficiency computed from these pair-averaged errors, (perm - ica) / (perm - rigid), as
+the paper's figures are ratios of mean errors (an average of per-pair ratios is dominated by pairs
+where permutation and rigid nearly tie). The linear map is ridge-stabilised by 5-fold CV
+(``linear_ridge: cv``; 0 = plain least squares), since probe sets often have fewer fitting rows
+than dimensions.
 
 Protocol (isometry): each decoder's bi-Lipschitz constant 1 + L is estimated from distance
 ratios ||g(z) - g(z')|| / ||z - z'|| on pairs of probe latents z (the final-layer token
 sequence of a probe crop, all tokens visible) and the scale-free L = sqrt(max / min ratio) - 1
 over the central 98 % of ratios; ``rigid_bound`` = sqrt(2 L + L^2) is the paper's bound. The
 rigid alignment error of each checkpoint is the mean over the other seeds trained with the
-same weight decay (test rows, default layer).
+same weight decay (test rows, default layer, every dimension: the rigid map needs no
+truncation).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anndata as ad
@@ -50,21 +66,30 @@ import pandas as pd
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_tsv
 from ..logs import get_logger, progress
+from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys, keyword_only
 from ..metrics.identifiability import (
-    DIAMETERS,
     MAP_CLASSES,
     alignment_errors,
-    components_for_variance,
     decoder_bilipschitz,
+    fit_whitened_ica,
+    ica_efficiency,
+    ica_stability,
+    numerical_rank,
+    principal_subspace,
     split_rows,
+    stable_k,
 )
 
 log = get_logger(__name__)
 
-ALIGNMENT_COLUMNS: tuple[str, ...] = ("layer", "seed_a", "seed_b", "map", "metric", "value")
+ALIGNMENT_COLUMNS: tuple[str, ...] = ("layer", "seed_a", "seed_b", "map", "k", "metric", "value")
+SUMMARY_COLUMNS: tuple[str, ...] = ("layer", "k", "map", "metric", "value")
 ISOMETRY_COLUMNS: tuple[str, ...] = ("weight_decay", "seed", "bilipschitz_L", "rigid_bound", "ratio_median",
                                      "ratio_min", "ratio_max", "rigid_error", "rigid_sup_error", "n_probe")
+#: Below this many components the comparison of map classes says little (warning + flag).
+FEW_COMPONENTS = 5
 _LAYER_KEY = re.compile(r"^X_layer(\d+)$")
+_K_STEPS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 #: The paper's cross-run alignment errors (mean L2 error / latent diameter), for reporting only.
 PAPER_ALIGNMENT: dict[str, dict[str, float]] = {
@@ -74,69 +99,13 @@ PAPER_ALIGNMENT: dict[str, dict[str, float]] = {
     "ResNet-18 two runs": {"permutation": 0.382, "rigid": 0.206, "linear": 0.175, "ica": 0.312},
 }
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "layers": None,           # block numbers to compare; null = every X_layer<k> common to all files
-    "maps": list(MAP_CLASSES),
-    "fit_fraction": 0.5,      # share of probe rows the maps are fitted on
-    "split_seed": 0,
-    "diameter": "max",        # max | q99 (robust) pairwise distance of the target's test rows
-    "ica_components": "auto",  # auto | null | integer | variance share in (0, 1) (see module docstring)
-    "ica_variance": 0.9,      # the share used by ica_components: auto
-    "linear_ridge": "cv",     # cv | 0 (plain least squares) | fixed penalty
-    "ica_seed": 0,
-    "ica_backend": "auto",    # phenoica.postprocess.ica backend: auto (torch) | sklearn | picard
-    "max_rows": None,         # subsample the probe rows (seeded) to bound the cost; null = all
-    # isometry
-    "layer": None,            # layer for the rigid error of the isometry table; null = X (default layer)
-    "n_pairs": 2000,          # latent pairs per decoder
-    "local_pairs": False,     # pairs of nearest neighbours instead of random pairs
-    "ratio_quantile": 0.01,   # ignore this share of the most extreme ratios on each side
-    "max_probe_crops": 256,   # probe crops encoded and decoded per checkpoint
-    "probe_seed": 0,
-}
-
-
-def identifiability_params(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults overlaid with the config's ``identifiability`` block, validated (ConfigError
-    naming ``identifiability.<key>``). Keys the workflow itself reads (e.g. ``seeds``,
-    ``weight_decays``) pass through untouched."""
-    out = copy.deepcopy(DEFAULT_PARAMS)
-    out.update(copy.deepcopy(dict(params or {})))
-    maps = out["maps"]
-    if not isinstance(maps, (list, tuple)) or not maps or any(m not in MAP_CLASSES for m in maps):
-        raise ConfigError(f"identifiability.maps: a non-empty list of {MAP_CLASSES}, got {maps!r}")
-    if not 0.0 < float(out["fit_fraction"]) < 1.0:
-        raise ConfigError(f"identifiability.fit_fraction: must be in (0, 1), got {out['fit_fraction']!r}")
-    if out["diameter"] not in DIAMETERS:
-        raise ConfigError(f"identifiability.diameter: one of {DIAMETERS}, got {out['diameter']!r}")
-    comp = out["ica_components"]
-    if not (comp is None or comp == "auto" or (isinstance(comp, int) and not isinstance(comp, bool) and comp >= 1)
-            or (isinstance(comp, float) and 0.0 < comp < 1.0)):
-        raise ConfigError("identifiability.ica_components: 'auto', null, a positive integer or a variance "
-                          f"share in (0, 1), got {comp!r}")
-    if not 0.0 < float(out["ica_variance"]) <= 1.0:
-        raise ConfigError(f"identifiability.ica_variance: must be in (0, 1], got {out['ica_variance']!r}")
-    ridge = out["linear_ridge"]
-    if not (ridge == "cv" or (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge >= 0)):
-        raise ConfigError(f"identifiability.linear_ridge: 'cv' or a number >= 0, got {ridge!r}")
-    if out["layers"] is not None and (not isinstance(out["layers"], (list, tuple))
-                                      or not all(isinstance(k, int) for k in out["layers"])):
-        raise ConfigError(f"identifiability.layers: null or a list of block numbers, got {out['layers']!r}")
-    if out["max_rows"] is not None and (not isinstance(out["max_rows"], int) or out["max_rows"] < 10):
-        raise ConfigError(f"identifiability.max_rows: null or an integer >= 10, got {out['max_rows']!r}")
-    if out["ica_backend"] not in ("auto", "torch", "sklearn", "picard"):
-        raise ConfigError(f"identifiability.ica_backend: auto, torch, sklearn or picard, got {out['ica_backend']!r}")
-    if not 0.0 <= float(out["ratio_quantile"]) < 0.5:
-        raise ConfigError("identifiability.ratio_quantile: must be in [0, 0.5)")
-    return out
-
 
 # --------------------------------------------------------------------------------------------
 # reading probe embeddings
 # --------------------------------------------------------------------------------------------
 def layer_keys(adata: ad.AnnData) -> dict[int, str]:
     """Block number -> obsm key for every ``X_layer<k>``."""
-    return {int(m.group(1)): key for key in adata.obsm.keys() if (m := _LAYER_KEY.match(key))}
+    return {int(m.group(1)): key for key in adata.obsm if (m := _LAYER_KEY.match(key))}
 
 
 def read_probe_embeddings(paths: Sequence[str | os.PathLike]) -> tuple[list[ad.AnnData], pd.Index]:
@@ -178,111 +147,230 @@ def _representation(adata: ad.AnnData, layer: int | None, rows: pd.Index, source
     return out
 
 
-def _ica_components(setting: Any, A_fit: np.ndarray, B_fit: np.ndarray, share: float) -> int | float | None:
-    """The ``n_components`` passed to ``alignment_errors`` for one pair (see module docstring)."""
-    if setting != "auto":
-        return setting
-    k = max(components_for_variance(A_fit, share), components_for_variance(B_fit, share))
-    return int(max(2, min(k, len(A_fit) // 5)))
+def k_grid(dims: Sequence[int] | None, k: int | str, *, rank: int, n_fit: int) -> list[int]:
+    """The subspace dimensions of the sweep for representations of numerical rank ``rank``
+    (the smallest over the seeds) fitted on ``n_fit`` rows; see ``identifiability.dims``."""
+    if rank < 2:
+        raise ValueError(f"the representations have rank {rank}: nothing to align")
+    cap = min(rank, max(2, n_fit // 5))
+    if dims is None:
+        ks = {d for d in _K_STEPS if d <= cap} | {cap}
+    else:
+        ks = {int(d) for d in dims if int(d) <= rank}
+        dropped = sorted(int(d) for d in dims if int(d) > rank)
+        if dropped:
+            log.warning("identifiability.dims: %s exceed the representations' rank %d and are left out",
+                        dropped, rank)
+    if k != "stable":
+        if int(k) > rank:
+            log.warning("identifiability.k: %d exceeds the representations' rank %d; using k = %d", k, rank, rank)
+        ks.add(min(int(k), rank))
+    big = sorted(d for d in ks if d > n_fit // 5)
+    if big:
+        log.warning("k = %s above n_fit / 5 = %d: ICA and the linear map then fit sampling noise", big, n_fit // 5)
+    if not ks:
+        raise ConfigError(f"identifiability.dims: no dimension <= the representations' rank {rank} in {list(dims or [])}")
+    return sorted(ks)
 
 
 # --------------------------------------------------------------------------------------------
 # alignment
 # --------------------------------------------------------------------------------------------
-def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int],
-                    params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """The long alignment table (``ALIGNMENT_COLUMNS``) for per-seed probe embeddings."""
-    p = identifiability_params(params)
+def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int], *, layers: Sequence[int] | None,
+                    maps: Sequence[str], fit_fraction: float, split_seed: int, diameter: str,
+                    dims: Sequence[int] | None, k: int | str, stability_seeds: int, linear_ridge: float | str,
+                    ica_seed: int, ica_backend: str, max_rows: int | None) -> pd.DataFrame:
+    """The long alignment table (``ALIGNMENT_COLUMNS``) for per-seed probe embeddings.
+
+    Per layer, k of the sweep (:func:`k_grid`) and seed pair: the rows of
+    ``phenoica.metrics.identifiability.alignment_errors`` with every map in the shared top-k
+    subspace; per layer, k and seed (``seed_a == seed_b``, ``map = ica``): ``stability`` (the
+    chance-corrected split-half index over ``stability_seeds`` splits) and ``stability_raw``.
+    The keyword arguments are the config's ``identifiability`` keys of the same names.
+    """
     if len(embeddings) != len(seeds) or len(embeddings) < 2:
         raise ConfigError(f"identifiability: need >= 2 embeddings and one seed each, got "
                           f"{len(embeddings)} files and seeds {list(seeds)}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"identifiability.seeds: duplicate seeds {list(seeds)}")
+    unknown = sorted(set(maps) - set(MAP_CLASSES))
+    if unknown:
+        raise ConfigError(f"identifiability.maps: unknown map classes {unknown}; known: {MAP_CLASSES}")
     adatas, rows = read_probe_embeddings(embeddings)
-    if p["max_rows"] is not None and len(rows) > p["max_rows"]:
-        keep = np.sort(np.random.default_rng(p["split_seed"]).choice(len(rows), p["max_rows"], replace=False))
+    if max_rows is not None and len(rows) > max_rows:
+        keep = np.sort(np.random.default_rng(split_seed).choice(len(rows), max_rows, replace=False))
         rows = rows[keep]
     available = [set(layer_keys(a)) for a in adatas]
     common_layers = sorted(set.intersection(*available))
-    layers = list(p["layers"]) if p["layers"] is not None else common_layers
+    layers = list(layers) if layers is not None else common_layers
     if not layers:
         raise InputError(embeddings[0], "no obsm['X_layer<k>'] common to all embeddings")
-    for k in layers:
+    for layer in layers:
         for path, have in zip(embeddings, available):
-            if k not in have:
-                raise InputError(path, f"no obsm['X_layer{k}']; layers present: {sorted(have)}")
-    fit = split_rows(len(rows), fit_fraction=float(p["fit_fraction"]), seed=int(p["split_seed"]))
-    order = np.argsort(seeds, kind="stable")
-    pairs = [(order[i], order[j]) for i, j in itertools.combinations(range(len(seeds)), 2)]
+            if layer not in have:
+                raise InputError(path, f"no obsm['X_layer{layer}']; layers present: {sorted(have)}")
+    fit = split_rows(len(rows), fit_fraction=float(fit_fraction), seed=int(split_seed))
+    order = [int(i) for i in np.argsort(seeds, kind="stable")]
+    pairs = list(itertools.combinations(order, 2))
+    split_seeds = [int(ica_seed) + 1 + j for j in range(int(stability_seeds))]
     tables = []
-    jobs = [(k, a, b) for k in layers for a, b in pairs]
-    for k, a, b in progress(jobs, desc="alignment (layer, seed pair)"):
-        A = _representation(adatas[a], k, rows, embeddings[a])
-        B = _representation(adatas[b], k, rows, embeddings[b])
-        n_comp = _ica_components(p["ica_components"], A[fit], B[fit], float(p["ica_variance"]))
-        t = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], maps=tuple(p["maps"]), diameter=p["diameter"],
-                             n_components=n_comp, seed=int(p["ica_seed"]), ica_backend=p["ica_backend"],
-                             linear_ridge=p["linear_ridge"])
-        t.insert(0, "seed_b", int(seeds[b]))
-        t.insert(0, "seed_a", int(seeds[a]))
-        t.insert(0, "layer", int(k))
-        tables.append(t)
-        mean = t[t["metric"] == "mean_error"].set_index("map")["value"]
-        log.info("layer %d, seeds %d vs %d: %s", k, seeds[a], seeds[b],
-                 ", ".join(f"{m} {v:.3f}" for m, v in mean.items()))
-    return pd.concat(tables, ignore_index=True)[list(ALIGNMENT_COLUMNS)]
+    for layer in progress(layers, desc="alignment (layers)"):
+        reps = [_representation(a, layer, rows, path) for a, path in zip(adatas, embeddings)]
+        rank = min(numerical_rank(r[fit]) for r in reps)
+        for kk in k_grid(dims, k, rank=rank, n_fit=int(fit.sum())):
+            projected = [principal_subspace(r[fit], kk).project(r[fit]) for r in reps]
+            fits = [fit_whitened_ica(z, n_components=kk, seed=int(ica_seed), backend=ica_backend)
+                    if "ica" in maps else None for z in projected]
+            for i in order:
+                stability, raw = ica_stability(projected[i], k=kk, seeds=split_seeds, backend=ica_backend)
+                tables.append(pd.DataFrame({"layer": layer, "seed_a": int(seeds[i]), "seed_b": int(seeds[i]),
+                                            "map": "ica", "k": kk, "metric": ["stability", "stability_raw"],
+                                            "value": [stability, raw]}))
+            errors = []
+            for a, b in pairs:
+                t = alignment_errors(reps[a][fit], reps[b][fit], reps[a][~fit], reps[b][~fit], maps=tuple(maps), k=kk,
+                                     diameter=diameter, seed=int(ica_seed), ica_backend=ica_backend,
+                                     linear_ridge=linear_ridge,
+                                     ica_fits=(fits[a], fits[b]) if "ica" in maps else None)
+                t.insert(0, "k", kk)
+                t.insert(0, "seed_b", int(seeds[b]))
+                t.insert(0, "seed_a", int(seeds[a]))
+                t.insert(0, "layer", int(layer))
+                errors.append(t[t["metric"] == "mean_error"])
+                tables.append(t)
+            means = pd.concat(errors).groupby("map", sort=False)["value"].mean()
+            log.info("layer %d, k = %d: mean error over seed pairs: %s", layer, kk,
+                     ", ".join(f"{m} {v:.3f}" for m, v in means.items()))
+    table = pd.concat(tables, ignore_index=True)[list(ALIGNMENT_COLUMNS)]
+    return table.astype({"layer": int, "seed_a": int, "seed_b": int, "k": int})
 
 
-def identifiability_alignment(*, embeddings: Sequence[str | os.PathLike], seeds: Sequence[int],
-                              out_tsv: str | os.PathLike, out_png: str | os.PathLike | None = None,
-                              params: Mapping[str, Any] | None = None) -> None:
-    """Rule function: write ``alignment.tsv`` (and the figure) for per-seed probe embeddings."""
-    table = alignment_table(embeddings, seeds, params)
+def summarize_alignment(table: pd.DataFrame, *, k: int | str, stability_threshold: float) -> pd.DataFrame:
+    """Per layer and k: the seed-pair means (and ``*_min``/``*_max`` ranges of ``mean_error``)
+    of every per-pair metric, the ICA efficiency from the pair-averaged mean errors, the median
+    ICA stability over the seeds; per layer, the selected k (``map = all``: ``selected`` = 1,
+    ``stable`` = whether it reaches ``stability_threshold``, ``k_below_5`` = 1 when k < 5).
+
+    ``k``: ``"stable"`` selects per layer the largest k whose median stability reaches
+    ``stability_threshold`` (the smallest k of the sweep, with a warning, when none does); an
+    integer selects the largest k of the sweep not above it. Columns ``SUMMARY_COLUMNS``.
+    """
+    missing = set(ALIGNMENT_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"not an alignment table: missing columns {sorted(missing)}")
+    pairs = table[table["seed_a"] != table["seed_b"]]
+    per_seed = table[table["seed_a"] == table["seed_b"]]
+    keys = ["layer", "k", "map", "metric"]
+    out = [pairs.groupby(keys, sort=True)["value"].mean().reset_index()]
+    err = pairs[pairs["metric"] == "mean_error"].groupby(keys)["value"]
+    for stat in ("min", "max"):
+        part = err.agg(stat).reset_index()
+        part["metric"] = f"mean_error_{stat}"
+        out.append(part)
+    out.append(per_seed.groupby(keys)["value"].median().reset_index())
+    summary = pd.concat(out, ignore_index=True)
+    mean_error = summary[summary["metric"] == "mean_error"].pivot_table(index=["layer", "k"], columns="map",
+                                                                      values="value")
+    extra = []
+    if {"permutation", "rigid", "ica"} <= set(mean_error.columns):
+        for (layer, kk), row in mean_error.iterrows():
+            extra.append((layer, kk, "ica", "efficiency", ica_efficiency(row["permutation"], row["rigid"], row["ica"])))
+    stability = summary[summary["metric"] == "stability"]
+    for layer in sorted(summary["layer"].unique()):
+        sweep = sorted(summary.loc[summary["layer"] == layer, "k"].unique())
+        per_k = {int(kk): float(v) for kk, v in stability[stability["layer"] == layer].set_index("k")["value"].items()}
+        chosen = _select_k(layer, sweep, per_k, k, stability_threshold)
+        stable = per_k.get(chosen, np.nan) >= stability_threshold
+        extra += [(layer, chosen, "all", "selected", 1.0), (layer, chosen, "all", "stable", float(stable)),
+                  (layer, chosen, "all", "k_below_5", float(chosen < FEW_COMPONENTS))]
+        if chosen < FEW_COMPONENTS:
+            log.warning("layer %d: the comparison rests on k = %d components (< %d): with so few, every map "
+                        "class aligns about equally well; read the sweep over k too", layer, chosen, FEW_COMPONENTS)
+    summary = pd.concat([summary, pd.DataFrame(extra, columns=keys + ["value"])], ignore_index=True)
+    return summary.sort_values(keys, kind="stable").reset_index(drop=True)[list(SUMMARY_COLUMNS)]
+
+
+def _select_k(layer: int, sweep: list[int], stability: dict[int, float], k: int | str, threshold: float) -> int:
+    if k != "stable":
+        below = [kk for kk in sweep if kk <= int(k)]
+        return int(max(below) if below else min(sweep))
+    chosen = stable_k(stability, threshold)
+    if chosen is None:
+        log.warning("layer %d: no k of the sweep %s has reproducible ICA components (stability >= %g); "
+                    "reporting the smallest", layer, sweep, threshold)
+        return int(min(sweep))
+    return int(chosen)
+
+
+def selected_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows at each layer's selected k: one row per layer, columns ``layer``, ``k``,
+    the mean error of each map class, ``efficiency``, ``stability``, ``k_below_5``."""
+    chosen = summary[summary["metric"] == "selected"][["layer", "k"]]
+    at = summary.merge(chosen, on=["layer", "k"])
+    wide = at[at["metric"] == "mean_error"].pivot_table(index=["layer", "k"], columns="map", values="value")
+    for metric in ("efficiency", "stability", "k_below_5"):
+        wide[metric] = at[at["metric"] == metric].set_index(["layer", "k"])["value"]
+    return wide.reset_index()
+
+
+def identifiability_alignment(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int],
+                              out_tsv: str | os.PathLike, out_summary: str | os.PathLike,
+                              out_png: str | os.PathLike | None = None, **settings: Any) -> None:
+    """Rule function: write ``alignment.tsv``, ``alignment_summary.tsv`` (and the figure).
+    ``settings``: the keyword arguments of :func:`alignment_table` and :func:`summarize_alignment`
+    (``ALIGNMENT_KEYS``)."""
+    _check_keys(settings, ALIGNMENT_KEYS)
+    table = alignment_table(embeddings, seeds, **_keywords_for(alignment_table, settings))
     write_tsv(table, out_tsv)
+    summary = summarize_alignment(table, **_keywords_for(summarize_alignment, settings))
+    write_tsv(summary, out_summary)
     if out_png is not None:
-        plot_alignment(table, out_png)
+        plot_alignment(summary, out_png, stability_threshold=float(settings["stability_threshold"]))
 
 
-def summarize_alignment(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seed pairs per layer and map: mean_error, sup_error, r2, mcc_split, plus the
-    ICA efficiency; one row per (layer, map)."""
-    wanted = table[table["map"] != "all"]
-    summary = wanted.pivot_table(index=["layer", "map"], columns="metric", values="value", aggfunc="mean")
-    return summary.reset_index()
-
-
-def plot_alignment(table: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Error vs layer per map class (mean over seed pairs, bars = range), mean and sup-norm
-    panels, and the ICA efficiency."""
+def plot_alignment(summary: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike, *,
+                   stability_threshold: float | None = None) -> None:
+    """Three panels from :func:`summarize_alignment`: mean error per map class at each layer's
+    selected k (bars = range over seed pairs); ICA efficiency (from pair-averaged errors) against
+    k, one line per layer, the selected k circled; ICA stability against k, with the threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not isinstance(table, pd.DataFrame):
-        table = read_table(table)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, metric, title in ((axes[0], "mean_error", "mean L2 error / diameter"),
-                              (axes[1], "sup_error", "sup L2 error / diameter")):
-        for name in MAP_CLASSES:
-            sub = table[(table["map"] == name) & (table["metric"] == metric)]
-            if sub.empty:
-                continue
-            stats = sub.groupby("layer")["value"].agg(["mean", "min", "max"])
-            ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        marker="o", capsize=2, label=name)
-        ax.set_xlabel("layer (block)")
-        ax.set_title(title)
-        ax.set_ylim(bottom=0)
+    if not isinstance(summary, pd.DataFrame):
+        summary = read_table(summary)
+    chosen = summary[summary["metric"] == "selected"][["layer", "k"]]
+    at = summary.merge(chosen, on=["layer", "k"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in MAP_CLASSES:
+        sub = at[at["map"] == name].pivot_table(index="layer", columns="metric", values="value")
+        if sub.empty or "mean_error" not in sub:
+            continue
+        axes[0].errorbar(sub.index, sub["mean_error"], yerr=[sub["mean_error"] - sub["mean_error_min"],
+                                                             sub["mean_error_max"] - sub["mean_error"]],
+                         marker="o", capsize=2, label=name)
+    ks = chosen.set_index("layer")["k"]
+    axes[0].set_xticks(list(ks.index), [f"{layer}\nk={k}" for layer, k in ks.items()], fontsize=7)
+    axes[0].set_xlabel("layer (block), selected k")
+    axes[0].set_title("mean L2 error / diameter")
+    axes[0].set_ylim(bottom=0)
     axes[0].legend(fontsize=8)
-    eff = table[(table["map"] == "ica") & (table["metric"] == "efficiency")]
-    if not eff.empty:
-        stats = eff.groupby("layer")["value"].agg(["mean", "min", "max"])
-        axes[2].errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                         marker="o", capsize=2, color="C3")
-    axes[2].axhline(0.0, color="grey", lw=0.8)
-    axes[2].set_title("ICA efficiency")
-    axes[2].set_xlabel("layer (block)")
+    for ax, metric, title in ((axes[1], "efficiency", "ICA efficiency (pair-averaged errors)"),
+                              (axes[2], "stability", "ICA stability (split halves)")):
+        sub = summary[(summary["map"] == "ica") & (summary["metric"] == metric)]
+        for i, (layer, part) in enumerate(sub.groupby("layer")):
+            ax.plot(part["k"], part["value"], marker=".", color=f"C{i % 10}", label=f"layer {layer}")
+            pick = part[part["k"] == ks.get(layer)]
+            ax.scatter(pick["k"], pick["value"], s=80, facecolors="none", edgecolors=f"C{i % 10}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("subspace dimension k")
+        ax.set_title(title)
+    for value in (0.0, 1.0):
+        axes[1].axhline(value, color="grey", lw=0.8)
+    if stability_threshold is not None:
+        axes[2].axhline(stability_threshold, color="grey", lw=0.8, ls="--")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     _save_figure(fig, out_png)
 
@@ -351,15 +439,16 @@ def mae_decoder_bilipschitz(model, images: np.ndarray, *, n_pairs: int = 2000, s
     return decoder_bilipschitz(decode, tokens.numpy(), n_pairs=n_pairs, seed=seed, local=local, quantile=quantile)
 
 
-def isometry_table(*, checkpoints: Sequence[str | os.PathLike], weight_decays: Sequence[float],
+def isometry_table(checkpoints: Sequence[str | os.PathLike], weight_decays: Sequence[float],
                    seeds: Sequence[int], embeddings: Sequence[str | os.PathLike],
-                   manifests: Sequence[str | os.PathLike], channels: Sequence[str],
-                   params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+                   manifests: Sequence[str | os.PathLike], channels: Sequence[str], *, layer: int | None,
+                   n_pairs: int, local_pairs: bool, ratio_quantile: float, max_probe_crops: int, probe_seed: int,
+                   fit_fraction: float, split_seed: int, diameter: str) -> pd.DataFrame:
     """One row per checkpoint: its decoder's bi-Lipschitz estimate and its rigid alignment
-    error to the other seeds of the same weight decay (``ISOMETRY_COLUMNS``)."""
+    error to the other seeds of the same weight decay (``ISOMETRY_COLUMNS``). The keyword
+    arguments are the config's ``identifiability`` keys of the same names."""
     from ..models import load_model
 
-    p = identifiability_params(params)
     n = len(checkpoints)
     if not (len(weight_decays) == len(seeds) == len(embeddings) == n) or n == 0:
         raise ConfigError("identifiability: checkpoints, weight_decays, seeds and embeddings must be "
@@ -372,18 +461,20 @@ def isometry_table(*, checkpoints: Sequence[str | os.PathLike], weight_decays: S
         key = (spec.img_size, spec.normalization)
         if key not in crops_cache:
             crops_cache[key] = probe_crops(manifests, channels, crop=spec.img_size, normalization=spec.normalization,
-                                           max_crops=int(p["max_probe_crops"]), seed=int(p["probe_seed"]))
-        est = mae_decoder_bilipschitz(model, crops_cache[key], n_pairs=int(p["n_pairs"]), seed=int(p["probe_seed"]),
-                                      local=bool(p["local_pairs"]), quantile=float(p["ratio_quantile"]))
+                                           max_crops=int(max_probe_crops), seed=int(probe_seed))
+        est = mae_decoder_bilipschitz(model, crops_cache[key], n_pairs=int(n_pairs), seed=int(probe_seed),
+                                      local=bool(local_pairs), quantile=float(ratio_quantile))
         rows.append({"weight_decay": float(wd), "seed": int(seed), **est, "n_probe": len(crops_cache[key])})
         log.info("%s (weight decay %g, seed %d): L = %.3f", ckpt, wd, seed, est["bilipschitz_L"])
     table = pd.DataFrame(rows)
-    table["rigid_error"], table["rigid_sup_error"] = _rigid_errors_by_group(embeddings, weight_decays, seeds, p)
+    table["rigid_error"], table["rigid_sup_error"] = _rigid_errors_by_group(
+        embeddings, weight_decays, layer=layer, fit_fraction=fit_fraction, split_seed=split_seed, diameter=diameter)
     return table[list(ISOMETRY_COLUMNS)]
 
 
-def _rigid_errors_by_group(embeddings: Sequence[str | os.PathLike], weight_decays: Sequence[float],
-                           seeds: Sequence[int], p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _rigid_errors_by_group(embeddings: Sequence[str | os.PathLike], weight_decays: Sequence[float], *,
+                           layer: int | None, fit_fraction: float, split_seed: int, diameter: str
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """Per checkpoint: mean rigid error (mean and sup norm) to the other seeds of its weight
     decay, NaN when it has no partner."""
     n = len(embeddings)
@@ -396,10 +487,10 @@ def _rigid_errors_by_group(embeddings: Sequence[str | os.PathLike], weight_decay
         if len(members) < 2:
             continue
         adatas, rows = read_probe_embeddings([embeddings[i] for i in members])
-        fit = split_rows(len(rows), fit_fraction=float(p["fit_fraction"]), seed=int(p["split_seed"]))
-        reps = [_representation(a, p["layer"], rows, embeddings[i]) for a, i in zip(adatas, members)]
+        fit = split_rows(len(rows), fit_fraction=float(fit_fraction), seed=int(split_seed))
+        reps = [_representation(a, layer, rows, embeddings[i]) for a, i in zip(adatas, members)]
         for (ia, ra), (ib, rb) in itertools.combinations(list(zip(members, reps)), 2):
-            t = alignment_errors(ra[fit], rb[fit], ra[~fit], rb[~fit], maps=("rigid",), diameter=p["diameter"])
+            t = alignment_errors(ra[fit], rb[fit], ra[~fit], rb[~fit], maps=("rigid",), diameter=diameter)
             values = t.set_index(["map", "metric"])["value"]
             for i in (ia, ib):
                 mean_err[i].append(values[("rigid", "mean_error")])
@@ -408,14 +499,14 @@ def _rigid_errors_by_group(embeddings: Sequence[str | os.PathLike], weight_decay
             np.array([np.mean(v) if v else np.nan for v in sup_err]))
 
 
-def decoder_isometry(*, checkpoints: Sequence[str | os.PathLike], weight_decays: Sequence[float],
+def decoder_isometry(checkpoints: Sequence[str | os.PathLike], weight_decays: Sequence[float],
                      seeds: Sequence[int], embeddings: Sequence[str | os.PathLike],
                      manifests: Sequence[str | os.PathLike], channels: Sequence[str],
-                     out_tsv: str | os.PathLike, out_png: str | os.PathLike | None = None,
-                     params: Mapping[str, Any] | None = None) -> None:
-    """Rule function: write the isometry table (and the figure)."""
-    table = isometry_table(checkpoints=checkpoints, weight_decays=weight_decays, seeds=seeds,
-                           embeddings=embeddings, manifests=manifests, channels=channels, params=params)
+                     out_tsv: str | os.PathLike, out_png: str | os.PathLike | None = None, **settings: Any) -> None:
+    """Rule function: write the isometry table (and the figure). ``settings``: the keyword
+    arguments of :func:`isometry_table` (``ISOMETRY_KEYS``)."""
+    _check_keys(settings, ISOMETRY_KEYS)
+    table = isometry_table(checkpoints, weight_decays, seeds, embeddings, manifests, channels, **settings)
     write_tsv(table, out_tsv)
     if out_png is not None:
         plot_isometry(table, out_png)
@@ -458,3 +549,20 @@ def _save_figure(fig, out_png: str | os.PathLike) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _keywords_for(func: Callable[..., Any], settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: settings[key] for key in keyword_only(func)}
+
+
+def _check_keys(settings: dict[str, Any], expected: tuple[str, ...]) -> None:
+    unknown, missing = sorted(set(settings) - set(expected)), sorted(set(expected) - set(settings))
+    if unknown or missing:
+        raise ConfigError(f"identifiability: unknown settings {unknown}, missing settings {missing} "
+                          "(phenoica.config.schema_defaults('identifiability') has them all)")
+
+
+# The config's ``identifiability`` keys read by the alignment rule and by the isometry rule are
+# in rule_keys (read by the Snakefile); checked here against the functions.
+check_keys(ALIGNMENT_KEYS, alignment_table, summarize_alignment)
+check_keys(ISOMETRY_KEYS, isometry_table)

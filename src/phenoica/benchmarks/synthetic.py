@@ -10,14 +10,17 @@ paper's recipe), ``beta_vae`` and ``beta_tcvae``; all share the architecture, th
 
 Rule-level functions (one Snakemake job each)::
 
-    make_synthetic_dataset(dataset=, out=, params=)           -> results/synthetic/data/{dataset}.npz
-    train_synthetic(dataset_path=, model=, seed=, out_latents=, out_weights=, params=)
+    make_synthetic_dataset(dataset, out, **DATASET_KEYS)      -> results/synthetic/data/{dataset}.npz
+    train_synthetic(dataset_path, model, seed, out_latents, out_weights, **TRAIN_KEYS)
         model in TRAINED_MODELS                               -> .../{dataset}/{model}/seed{seed}.h5ad
-    score_synthetic(latents=, model=, out_tsv=, params=)
+    score_synthetic(latents, model, out_tsv, **SCORE_KEYS)
         latents of base_model(model)                          -> .../{dataset}/{model}/seed{seed}.tsv
-    collect_synthetic(tables=, out_tsv=, out_summary=, out_png=) -> results/synthetic/disentanglement.tsv
+    collect_synthetic(tables, out_tsv, out_summary, out_png)  -> results/synthetic/disentanglement.tsv
 
-``run_synthetic_benchmark(out_tsv=, params=)`` runs the whole grid in one process.
+``run_synthetic_benchmark(out_tsv, **settings)`` runs the whole grid in one process. The keyword-only
+arguments are the config's ``synthetic`` keys; their defaults (the 2-core demo) live in the
+workflow's schema only: call e.g. ``run_synthetic_benchmark(out, **phenoica.config.schema_defaults(
+"synthetic"))``; ``config/examples/identifiability_full.yaml`` holds the full sizes.
 
 The table is long: ``dataset, model, seed, metric, value``; metrics ``InfoM``, ``InfoE``,
 ``InfoC``, ``MCC``, ``DCI_D``, ``DCI_C``, ``DCI_I`` plus ``n_active`` (active latents) and
@@ -27,10 +30,9 @@ premise).
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_h5ad, write_tsv
 from ..logs import get_logger
 from ..provenance import add_record
-from .synthetic_grid import MODELS, TRAINED_MODELS, base_model  # noqa: F401 (public names)
+from .rule_keys import DATASET_KEYS, SCORE_KEYS, TRAIN_KEYS, check_keys, keyword_only
+from .synthetic_grid import MODELS, TRAINED_MODELS, base_model
 
 log = get_logger(__name__)
 
@@ -58,97 +61,23 @@ PAPER_INFOMEC: dict[str, dict[str, float]] = {
     "ae_ica": {"InfoM": 0.65, "InfoE": 0.83, "InfoC": 0.40},
 }
 
-#: Demo defaults (2 CPU cores); the ``full`` configuration raises sizes and budget.
-DEFAULT_PARAMS: dict[str, Any] = {
-    "datasets": ["shapes", "cells"],
-    "models": list(MODELS),
-    "seeds": [0, 1],
-    "data_seed": 0,
-    "n_train": 4000,
-    "n_eval": 1500,
-    "image_size": 32,
-    "n_values": {},  # per-factor grid sizes, e.g. {"pos_x": 16}
-    "latent_dim": 10,
-    "width": 16,
-    "hidden": 256,
-    "steps": 3000,
-    "batch_size": 32,
-    "lr": 0.002,
-    "weight_decay": 0.0,
-    "beta": {"beta_vae": 4.0, "beta_tcvae": 6.0},
-    "n_neighbors": 10,
-    "dci_estimator": "gbt",
-}
-
-FULL_PARAMS: dict[str, Any] = {
-    **DEFAULT_PARAMS,
-    "seeds": [0, 1, 2, 3, 4],
-    "n_train": 50000,
-    "n_eval": 10000,
-    "image_size": 64,
-    "n_values": {"pos_x": 16, "pos_y": 16, "rotation": 16},
-    "width": 32,
-    "batch_size": 64,
-    "lr": 0.001,
-    "steps": 100000,
-}
-
-
-def synthetic_params(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults overlaid with ``params`` (the config's ``synthetic`` block), validated.
-
-    Raises ConfigError naming the ``synthetic.<key>`` that is wrong.
-    """
-    from ..simulate.factors import DATASETS
-
-    out = copy.deepcopy(DEFAULT_PARAMS)
-    for key, value in (params or {}).items():
-        if key not in out:
-            raise ConfigError(f"synthetic.{key}: unknown key; allowed keys: {', '.join(sorted(out))}")
-        out[key] = dict(value) if isinstance(value, Mapping) else copy.deepcopy(value)
-    beta = {**DEFAULT_PARAMS["beta"], **out["beta"]}
-    if set(beta) - set(TRAINED_MODELS):
-        raise ConfigError(f"synthetic.beta: keys must be among {TRAINED_MODELS}, got {sorted(beta)}")
-    out["beta"] = beta
-    for key, allowed in (("datasets", tuple(DATASETS)), ("models", MODELS)):
-        values = out[key]
-        if not isinstance(values, (list, tuple)) or not values or any(v not in allowed for v in values):
-            raise ConfigError(f"synthetic.{key}: must be a non-empty list of {allowed}, got {values!r}")
-    seeds = out["seeds"]
-    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"synthetic.seeds: must be a non-empty list of non-negative integers, got {seeds!r}")
-    for key in ("n_train", "n_eval", "image_size", "latent_dim", "width", "hidden", "steps", "batch_size",
-                "n_neighbors"):
-        if not isinstance(out[key], int) or out[key] < 1:
-            raise ConfigError(f"synthetic.{key}: must be a positive integer, got {out[key]!r}")
-    if out["n_eval"] < 50:
-        raise ConfigError("synthetic.n_eval: need at least 50 evaluation images for the metrics")
-    if out["image_size"] < 8 or out["image_size"] & (out["image_size"] - 1):
-        raise ConfigError(f"synthetic.image_size: must be a power of two >= 8, got {out['image_size']}")
-    if out["dci_estimator"] not in ("gbt", "lasso"):
-        raise ConfigError(f"synthetic.dci_estimator: 'gbt' or 'lasso', got {out['dci_estimator']!r}")
-    if not (float(out["lr"]) > 0 and float(out["weight_decay"]) >= 0):
-        raise ConfigError("synthetic.lr must be > 0 and synthetic.weight_decay >= 0")
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # rule functions
 # --------------------------------------------------------------------------------------------
-def make_synthetic_dataset(*, dataset: str, out: str | os.PathLike, params: Mapping[str, Any] | None = None
-                           ) -> None:
+def make_synthetic_dataset(dataset: str, out: str | os.PathLike, *, data_seed: int, n_train: int, n_eval: int,
+                           image_size: int, n_values: Mapping[str, int]) -> None:
     """Render ``n_train + n_eval`` images of ``dataset`` (training rows first) to ``out`` (.npz)."""
     from ..simulate.factors import make_factor_dataset, save_factor_dataset
 
-    p = synthetic_params(params)
-    ds = make_factor_dataset(dataset, p["n_train"] + p["n_eval"], size=p["image_size"],
-                             seed=p["data_seed"], n_values=p["n_values"] or None)
+    ds = make_factor_dataset(dataset, int(n_train) + int(n_eval), size=int(image_size), seed=int(data_seed),
+                             n_values=dict(n_values) or None)
     save_factor_dataset(ds, out)
 
 
-def train_synthetic(*, dataset_path: str | os.PathLike, model: str, seed: int,
-                    out_latents: str | os.PathLike, out_weights: str | os.PathLike | None = None,
-                    params: Mapping[str, Any] | None = None) -> None:
+def train_synthetic(dataset_path: str | os.PathLike, model: str, seed: int, out_latents: str | os.PathLike,
+                    out_weights: str | os.PathLike | None = None, *, n_train: int, n_eval: int, latent_dim: int,
+                    width: int, hidden: int, steps: int, batch_size: int, lr: float, weight_decay: float,
+                    beta: Mapping[str, float]) -> None:
     """Train ``model`` (one of ``TRAINED_MODELS``) on the training rows; write the codes of the
     evaluation rows as AnnData.
 
@@ -160,22 +89,29 @@ def train_synthetic(*, dataset_path: str | os.PathLike, model: str, seed: int,
     import torch
 
     from ..metrics.identifiability import fit_whitened_ica
-    from ..models.autoencoders import decode_latents, encode_images, save_autoencoder, train_autoencoder
+    from ..models.autoencoders import (
+        decode_latents,
+        encode_images,
+        save_autoencoder,
+        train_autoencoder,
+    )
     from ..simulate.factors import load_factor_dataset
 
-    p = synthetic_params(params)
     if model not in TRAINED_MODELS:
         raise ConfigError(f"synthetic: train_synthetic trains {TRAINED_MODELS}, not {model!r} "
                           f"(use base_model({model!r}))")
+    if model != "ae" and model not in beta:
+        raise ConfigError(f"synthetic.beta: no value for {model!r}, got {dict(beta)}")
+    model_beta = float(beta[model]) if model != "ae" else 1.0
     ds = load_factor_dataset(dataset_path)
-    if len(ds) != p["n_train"] + p["n_eval"]:
+    if len(ds) != n_train + n_eval:
         raise InputError(dataset_path, f"has {len(ds)} images, expected n_train + n_eval = "
-                                       f"{p['n_train'] + p['n_eval']} (rerun make_synthetic_dataset)")
-    train, held = ds.subset(np.arange(p["n_train"])), ds.subset(np.arange(p["n_train"], len(ds)))
+                                       f"{n_train + n_eval} (rerun make_synthetic_dataset)")
+    train, held = ds.subset(np.arange(n_train)), ds.subset(np.arange(n_train, len(ds)))
     net, history = train_autoencoder(
-        train.images, kind=model, latent_dim=p["latent_dim"], steps=p["steps"], batch_size=p["batch_size"],
-        lr=float(p["lr"]), beta=float(p["beta"].get(model, 1.0)), weight_decay=float(p["weight_decay"]),
-        seed=int(seed), width=p["width"], hidden=p["hidden"])
+        train.images, kind=model, latent_dim=int(latent_dim), steps=int(steps), batch_size=int(batch_size),
+        lr=float(lr), beta=model_beta, weight_decay=float(weight_decay), seed=int(seed), width=int(width),
+        hidden=int(hidden))
     codes_train = encode_images(net, train.images)
     codes = encode_images(net, held.images)
     recon = decode_latents(net, codes)
@@ -185,7 +121,7 @@ def train_synthetic(*, dataset_path: str | os.PathLike, model: str, seed: int,
     ica = fit_whitened_ica(codes_train, seed=int(seed))
 
     obs = held.factor_frame()
-    obs.index = [f"{ds.name}:{i}" for i in range(p["n_train"], len(ds))]
+    obs.index = [f"{ds.name}:{i}" for i in range(n_train, len(ds))]
     adata = ad.AnnData(X=codes.astype(np.float32), obs=obs)
     adata.var_names = [f"z{j}" for j in range(codes.shape[1])]
     adata.obsm["X_ica"] = ica.sources(codes).astype(np.float32)
@@ -198,9 +134,10 @@ def train_synthetic(*, dataset_path: str | os.PathLike, model: str, seed: int,
     }
     adata.uns["training_log"] = history
     add_record(adata.uns, "train_synthetic",
-               params={k: p[k] for k in ("latent_dim", "width", "hidden", "steps", "batch_size", "lr",
-                                         "weight_decay", "n_train", "n_eval", "image_size")}
-               | {"beta": p["beta"].get(model, 1.0), "model": model, "torch_threads": torch.get_num_threads()},
+               params={"latent_dim": latent_dim, "width": width, "hidden": hidden, "steps": steps,
+                       "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "n_train": n_train,
+                       "n_eval": n_eval, "image_size": int(ds.images.shape[-1]), "beta": model_beta, "model": model,
+                       "torch_threads": torch.get_num_threads()},
                seeds={"model": int(seed), "ica": int(seed), "data": int(ds.meta.get("seed", -1))},
                inputs=[dataset_path])
     if out_weights is not None:
@@ -209,18 +146,17 @@ def train_synthetic(*, dataset_path: str | os.PathLike, model: str, seed: int,
     log.info("%s/%s seed %d: held-out reconstruction BCE %.1f per image", ds.name, model, seed, bce)
 
 
-def score_synthetic(*, latents: str | os.PathLike, model: str, out_tsv: str | os.PathLike,
-                    params: Mapping[str, Any] | None = None) -> None:
+def score_synthetic(latents: str | os.PathLike, model: str, out_tsv: str | os.PathLike, *, n_neighbors: int,
+                    dci_estimator: str) -> None:
     """Score one (dataset, model, seed): rows ``dataset, model, seed, metric, value``."""
-    write_tsv(score_latents(latents, model=model, params=params), out_tsv)
+    write_tsv(score_latents(latents, model, n_neighbors=n_neighbors, dci_estimator=dci_estimator), out_tsv)
 
 
-def score_latents(latents: str | os.PathLike | ad.AnnData, *, model: str,
-                  params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def score_latents(latents: str | os.PathLike | ad.AnnData, model: str, *, n_neighbors: int,
+                  dci_estimator: str) -> pd.DataFrame:
     """The long-format rows for one file written by :func:`train_synthetic`."""
     from ..metrics.disentanglement import disentanglement_scores
 
-    p = synthetic_params(params)
     adata = latents if isinstance(latents, ad.AnnData) else _read_latents(latents)
     source = "<AnnData>" if isinstance(latents, ad.AnnData) else latents
     info = adata.uns.get("synthetic", {})
@@ -240,8 +176,8 @@ def score_latents(latents: str | os.PathLike | ad.AnnData, *, model: str,
         factor_codes[:, k] if kinds[k] == "categorical" else adata.obs[name].to_numpy(dtype=np.float64)
         for k, name in enumerate(names)])
     seed = int(info["seed"])
-    scores = disentanglement_scores(values, codes, kinds=kinds, seed=seed, n_neighbors=p["n_neighbors"],
-                                    dci_estimator=p["dci_estimator"])
+    scores = disentanglement_scores(values, codes, kinds=kinds, seed=seed, n_neighbors=int(n_neighbors),
+                                    dci_estimator=dci_estimator)
     scores["recon_bce"] = float(info["recon_bce"])
     rows = [(str(info["dataset"]), model, seed, metric, float(value)) for metric, value in scores.items()]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
@@ -315,27 +251,31 @@ def plot_synthetic(table: pd.DataFrame | str | os.PathLike, out_png: str | os.Pa
     plt.close(fig)
 
 
-def run_synthetic_benchmark(*, out_tsv: str | os.PathLike, params: Mapping[str, Any] | None = None,
-                            workdir: str | os.PathLike | None = None, out_summary: str | os.PathLike | None = None,
-                            out_png: str | os.PathLike | None = None) -> None:
+def run_synthetic_benchmark(out_tsv: str | os.PathLike, workdir: str | os.PathLike | None = None,
+                            out_summary: str | os.PathLike | None = None, out_png: str | os.PathLike | None = None,
+                            *, datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int], data_seed: int,
+                            n_train: int, n_eval: int, image_size: int, n_values: Mapping[str, int], latent_dim: int,
+                            width: int, hidden: int, steps: int, batch_size: int, lr: float, weight_decay: float,
+                            beta: Mapping[str, float], n_neighbors: int, dci_estimator: str) -> None:
     """The whole grid (datasets x models x seeds) in one process; intermediate files go to
-    ``workdir`` (default: a temporary folder that is removed afterwards)."""
-    p = synthetic_params(params)
+    ``workdir`` (default: a temporary folder that is removed afterwards). The keyword arguments
+    are the config's ``synthetic`` keys."""
+    settings = {name: value for name, value in locals().items() if name in SYNTHETIC_KEYS}
+    data_kw, train_kw, score_kw = (_keywords_for(f, settings) for f in (make_synthetic_dataset, train_synthetic,
+                                                                         score_synthetic))
     with tempfile.TemporaryDirectory(prefix="phenoica-synthetic-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         tables = []
-        for dataset in p["datasets"]:
+        for dataset in datasets:
             data_path = root / "data" / f"{dataset}.npz"
-            make_synthetic_dataset(dataset=dataset, out=data_path, params=p)
-            trained = sorted({base_model(m) for m in p["models"]}, key=TRAINED_MODELS.index)
-            for seed in p["seeds"]:
+            make_synthetic_dataset(dataset, data_path, **data_kw)
+            trained = sorted({base_model(m) for m in models}, key=TRAINED_MODELS.index)
+            for seed in seeds:
                 for model in trained:
-                    train_synthetic(dataset_path=data_path, model=model, seed=seed,
-                                    out_latents=root / dataset / model / f"seed{seed}.h5ad", params=p)
-                for model in p["models"]:
+                    train_synthetic(data_path, model, seed, root / dataset / model / f"seed{seed}.h5ad", **train_kw)
+                for model in models:
                     out = root / dataset / model / f"seed{seed}.tsv"
-                    score_synthetic(latents=root / dataset / base_model(model) / f"seed{seed}.h5ad",
-                                    model=model, out_tsv=out, params=p)
+                    score_synthetic(root / dataset / base_model(model) / f"seed{seed}.h5ad", model, out, **score_kw)
                     tables.append(out)
         collect_synthetic(tables=tables, out_tsv=out_tsv, out_summary=out_summary, out_png=out_png)
 
@@ -349,3 +289,15 @@ def _read_latents(path: str | os.PathLike) -> ad.AnnData:
     if not isinstance(info, Mapping) or "factor_names" not in info or "factor_codes" not in adata.obsm:
         raise InputError(path, "not a train_synthetic output (no uns['synthetic'] or obsm['factor_codes'])")
     return adata
+
+
+def _keywords_for(func: Callable[..., Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: settings[key] for key in keyword_only(func)}
+
+
+#: The config's ``synthetic`` keys; those each rule function reads are in rule_keys (read by the
+#: Snakefile), checked here against the functions.
+SYNTHETIC_KEYS: tuple[str, ...] = keyword_only(run_synthetic_benchmark)
+check_keys(DATASET_KEYS, make_synthetic_dataset)
+check_keys(TRAIN_KEYS, train_synthetic)
+check_keys(SCORE_KEYS, score_synthetic)

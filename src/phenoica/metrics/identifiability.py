@@ -19,6 +19,28 @@ Every class includes a translation, so the classes are nested (signed permutatio
 rigid map, rigid a special affine map): with maps fitted and scored on the same rows,
 ``linear <= rigid <= permutation`` in root-mean-square error.
 
+**Like with like: one k-dimensional subspace for every map.** ICA can only unmix as many
+components as it keeps, and whitening to k < d components drops the target's trailing variance.
+Scoring the ICA map against the full target while the other maps use every dimension makes the
+ICA error include that truncation (the ICA error then measures truncation, not alignment). With
+``k`` set, both representations are first projected onto their own top-k principal axes (fitted
+on the fitting rows; the projection stays in the original coordinates, so the permutation map
+still matches the model's own coordinates), and *every* map is fitted on, and scored against,
+these projections: same input, same target, same diameter. The ICA map then reconstructs its
+target exactly (no floor), and ``variance_share`` / ``truncation_error`` record what the
+subspace leaves out. ``k=None`` keeps every dimension (each side's ICA whitens to its own
+numerical rank: use it for the supervised maps only).
+
+ICA efficiency (the paper's figure) = (err_perm - err_ica) / (err_perm - err_rigid), a ratio of
+mean errors: over several seed pairs, average the errors first, then take the ratio
+(:func:`ica_efficiency`; ``phenoica.benchmarks.identifiability.summarize_alignment``).
+
+Which k? ICA components are only worth comparing across runs when ICA finds them reproducibly
+in the first place: :func:`ica_stability` fits ICA of one representation's top-k subspace on two
+disjoint halves of its rows, several times, and scores how well the least reproducible component
+matches, corrected for the agreement of random rotations. The largest k whose least stable component still reaches a
+threshold is the default k (:func:`stable_k`).
+
 Maps are fitted on one split (``*_fit``) and scored on another (``*_test``). Errors are
 reported relative to the **latent diameter** of the target: the largest Euclidean distance
 between two test rows of ``B`` (``diameter="max"``, the textbook diameter of the point set),
@@ -35,6 +57,7 @@ grows like sqrt(2 L + L^2) times the diameter.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,13 +186,42 @@ def _ridge_by_cv(A: np.ndarray, B: np.ndarray, *, n_folds: int = 5, seed: int = 
     return float(alphas[int(np.argmin(errors))])
 
 
-def components_for_variance(Z: np.ndarray, share: float) -> int:
-    """Smallest number of principal components holding ``share`` of the variance of ``Z``."""
+def numerical_rank(Z: np.ndarray, *, rel_tol: float = 1e-5) -> int:
+    """Number of principal components of ``Z`` with variance above ``rel_tol`` times the
+    largest (the rank whitening keeps, ``phenoica.postprocess.whitening.fit_whitening``)."""
     Z = np.asarray(Z, dtype=np.float64)
     s = np.linalg.svd(Z - Z.mean(axis=0), compute_uv=False) ** 2
-    if s.sum() <= 0:
-        return 1
-    return int(min(np.searchsorted(np.cumsum(s) / s.sum(), share - 1e-12) + 1, len(s)))
+    if s.size == 0 or s[0] <= 0:
+        return 0
+    return int(np.sum(s > rel_tol * s[0]))
+
+
+@dataclass(frozen=True)
+class Subspace:
+    """The top-k principal axes of a representation: ``project`` keeps the part of each row
+    inside them, in the original coordinates (``(z - mean) @ basis @ basis.T + mean``)."""
+
+    mean: np.ndarray  # p
+    basis: np.ndarray  # p x k, orthonormal columns
+
+    @property
+    def k(self) -> int:
+        return int(self.basis.shape[1])
+
+    def project(self, Z: np.ndarray) -> np.ndarray:
+        centred = np.asarray(Z, dtype=np.float64) - self.mean
+        return (centred @ self.basis) @ self.basis.T + self.mean
+
+
+def principal_subspace(Z: np.ndarray, k: int) -> Subspace:
+    """Top-``k`` principal axes of ``Z`` (n x p); ``k`` must not exceed its numerical rank."""
+    Z = np.asarray(Z, dtype=np.float64)
+    rank = numerical_rank(Z)
+    if not 1 <= int(k) <= rank:
+        raise ValueError(f"k must be between 1 and the numerical rank {rank} of the representation, got {k}")
+    mean = Z.mean(axis=0)
+    _, _, vt = np.linalg.svd(Z - mean, full_matrices=False)
+    return Subspace(mean=mean, basis=vt[: int(k)].T.copy())
 
 
 @dataclass(frozen=True)
@@ -188,14 +240,14 @@ class WhitenedICA:
         return np.asarray(S, dtype=np.float64) @ self.mixing.T + self.mean
 
 
-def fit_whitened_ica(Z: np.ndarray, *, n_components: int | float | None = None, seed: int = 0,
+def fit_whitened_ica(Z: np.ndarray, *, n_components: int | None = None, seed: int = 0,
                      backend: str = "auto", n_restarts: int = 3) -> WhitenedICA:
     """PCA-whiten ``Z`` to ``k`` components (``phenoica.postprocess.whitening``) and unmix them
-    with ICA (``phenoica.postprocess.ica``: log-cosh contrast, symmetric decorrelation, seeded
-    restarts, signs and order fixed).
+    with ICA (``phenoica.postprocess.ica.fit_ica``: log-cosh contrast, symmetric decorrelation,
+    seeded restarts, signs and order fixed).
 
-    ``k`` = ``n_components`` (an integer), the number of principal components holding that
-    share of the variance (a float in (0, 1)), or, when None, the numerical rank of ``Z``.
+    ``k`` = ``n_components`` (an integer: the top-k principal subspace), or, when None, the
+    numerical rank of ``Z``.
     """
     from ..postprocess.ica import fit_ica
     from ..postprocess.whitening import fit_whitening
@@ -205,12 +257,7 @@ def fit_whitened_ica(Z: np.ndarray, *, n_components: int | float | None = None, 
         raise ValueError(f"need a 2-D array with at least 3 rows, got shape {Z.shape}")
     if float(np.max(np.ptp(Z, axis=0))) == 0.0:
         raise ValueError("cannot whiten a constant representation")
-    if n_components is None:
-        k = None
-    elif isinstance(n_components, float) and 0.0 < n_components < 1.0:
-        k = components_for_variance(Z, n_components)
-    else:
-        k = min(int(n_components), *Z.shape)
+    k = None if n_components is None else min(int(n_components), *Z.shape)
     whitening = fit_whitening(Z, n_components=k)
     project = whitening.projection()  # d x k, centred rows -> white
     white = (Z - whitening.mean) @ project
@@ -220,6 +267,71 @@ def fit_whitened_ica(Z: np.ndarray, *, n_components: int | float | None = None, 
     # white = sources @ rotation (orthogonal), and centred Z = white @ (components sqrt(eig))^T
     dewhiten = whitening.components * np.sqrt(whitening.eigenvalues + whitening.reg)[None, :]
     return WhitenedICA(mean=whitening.mean.astype(np.float64), unmixing=unmixing, mixing=dewhiten @ rotation.T)
+
+
+def ica_stability(Z: np.ndarray, *, k: int, seeds: list[int] | tuple[int, ...], backend: str = "auto",
+                  n_restarts: int = 1) -> tuple[float, float]:
+    """Split-half reproducibility of the ICA of ``Z``'s top-``k`` principal subspace.
+
+    For each seed the rows of ``Z`` are split at random (with that seed) into two halves and
+    ICA is fitted on each half on its own (initial rotations from two seeds derived from it);
+    the two sets of sources, computed on all rows, are matched (Hungarian on |correlation|) and
+    the split scores its *least* well matched component. ``raw`` = the median of that score
+    over the splits. Two unrelated sets of white components (one a Haar-random rotation of the
+    other) already match with a k-dependent |correlation| (about 0.92 at k = 2, 0.65 at k = 4,
+    0.35 at k = 16: :func:`rotation_null`), so the index is chance-corrected:
+    ``stability = (raw - null) / (1 - null)``, 0 = no better than chance, 1 = the halves agree
+    exactly, comparable across k.
+
+    Split halves, not just new initialisations: a near-Gaussian subspace has sample-specific
+    "independent" directions that every restart on the *same* rows finds again (and that a second
+    representation of the same rows, rotated, shares, so the cross-seed ICA alignment cannot
+    tell them from real sources); two disjoint halves do not share them.
+
+    Returns ``(stability, raw)``; NaN for k < 2 or fewer than 4 k rows.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    if len(seeds) < 1:
+        raise ValueError("stability needs at least one split seed")
+    if k < 2:
+        return float("nan"), float("nan")
+    if len(Z) < 4 * k:
+        log.warning("%d rows are too few for split-half ICA stability at k = %d (need %d): NaN", len(Z), k, 4 * k)
+        return float("nan"), float("nan")
+    worst = []
+    for s in seeds:
+        order = np.random.default_rng(int(s)).permutation(len(Z))
+        halves = (order[: len(Z) // 2], order[len(Z) // 2:])
+        fits = [fit_whitened_ica(Z[h], n_components=k, seed=2 * int(s) + j, backend=backend, n_restarts=n_restarts)
+                for j, h in enumerate(halves)]
+        m = match_components(fits[0].sources(Z), fits[1].sources(Z))
+        worst.append(float(np.min(np.abs(m.corr))))
+    raw = float(np.median(worst))
+    null = rotation_null(k)
+    return float((raw - null) / (1.0 - null)), raw
+
+
+@functools.lru_cache(maxsize=256)
+def rotation_null(k: int, *, n_draws: int = 400, seed: int = 0) -> float:
+    """Median, over Haar-random k x k rotations Q, of the smallest |Q[i, j]| kept by the best
+    matching: the score two unrelated sets of k white components get in :func:`ica_stability`."""
+    if k < 2:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    worst = np.empty(n_draws)
+    for i in range(n_draws):
+        q, r = np.linalg.qr(rng.normal(size=(k, k)))
+        q = q * np.sign(np.diag(r))[None, :]  # Haar measure
+        m = match_components(np.eye(k), np.eye(k), corr=q)
+        worst[i] = np.min(np.abs(m.corr))
+    return float(np.median(worst))
+
+
+def stable_k(stability: dict[int, float], threshold: float) -> int | None:
+    """The largest k whose stability (e.g. the least stable component's score) reaches
+    ``threshold``; None when no k does."""
+    good = [int(k) for k, value in stability.items() if np.isfinite(value) and value >= threshold]
+    return max(good) if good else None
 
 
 @dataclass(frozen=True)
@@ -234,13 +346,17 @@ class ICAMap:
         return self.ica_b.reconstruct(self.ica_a.sources(A) @ self.matrix)
 
 
-def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | float | None = None, seed: int = 0,
-                backend: str = "auto") -> tuple[ICAMap, np.ndarray, np.ndarray]:
-    """Whiten + ICA each side independently on the fitting rows, then match sources by the
-    best signed permutation. Returns the map and the fitting-row sources of A and B."""
+def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | None = None, seed: int = 0,
+                backend: str = "auto", fits: tuple[WhitenedICA, WhitenedICA] | None = None
+                ) -> tuple[ICAMap, np.ndarray, np.ndarray]:
+    """Whiten + ICA each side independently on the fitting rows (or take ``fits``, ICA already
+    fitted on them), then match sources by the best signed permutation. Returns the map and the
+    fitting-row sources of A and B."""
     A, B = _pair(A, B)
-    ica_a = fit_whitened_ica(A, n_components=n_components, seed=seed, backend=backend)
-    ica_b = fit_whitened_ica(B, n_components=n_components, seed=seed, backend=backend)
+    if fits is None:
+        fits = (fit_whitened_ica(A, n_components=n_components, seed=seed, backend=backend),
+                fit_whitened_ica(B, n_components=n_components, seed=seed, backend=backend))
+    ica_a, ica_b = fits
     sa, sb = ica_a.sources(A), ica_b.sources(B)
     m = match_components(sa, sb)
     matrix = np.zeros((sa.shape[1], sb.shape[1]))
@@ -252,10 +368,12 @@ def fit_ica_map(A: np.ndarray, B: np.ndarray, *, n_components: int | float | Non
 # the measurement
 # --------------------------------------------------------------------------------------------
 def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B_test: np.ndarray,
-                     *, maps: tuple[str, ...] | list[str] = MAP_CLASSES, diameter: str = "max",
-                     n_components: int | float | None = None, seed: int = 0, ica_backend: str = "auto",
-                     linear_ridge: float | str = "cv") -> pd.DataFrame:
-    """Alignment of representation A onto B after the best map of each class.
+                     *, maps: tuple[str, ...] | list[str] = MAP_CLASSES, k: int | None = None,
+                     diameter: str = "max", seed: int = 0, ica_backend: str = "auto",
+                     linear_ridge: float | str = "cv",
+                     ica_fits: tuple[WhitenedICA, WhitenedICA] | None = None) -> pd.DataFrame:
+    """Alignment of representation A onto B after the best map of each class, every map in the
+    same k-dimensional subspace.
 
     Parameters
     ----------
@@ -265,30 +383,34 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
         Other paired rows on which the maps are scored.
     maps
         Map classes to evaluate (subset of ``MAP_CLASSES``).
+    k
+        Both sides are projected onto their own top-k principal axes (of the fitting rows)
+        before any map is fitted or scored, so every map class sees the same input and aims at
+        the same target (see the module docstring). None: no projection (each side's ICA keeps
+        its numerical rank).
     diameter
-        ``"max"`` or ``"q99"`` (see :func:`latent_diameter`); of ``B_test``.
-    n_components
-        Components kept by whitening before ICA, on each side: an integer, a share of variance
-        (float in (0, 1)), or None (the numerical rank).
+        ``"max"`` or ``"q99"`` (see :func:`latent_diameter`); of the (projected) ``B_test``.
     seed, ica_backend
         ICA seed and backend (``phenoica.postprocess.ica.fit_ica``).
     linear_ridge
         Penalty of the linear map (see :func:`fit_linear_map`): ``"cv"`` (default), 0 for plain
         least squares, or a fixed value.
+    ica_fits
+        ICA of each side's (projected) fitting rows, already fitted (e.g. shared by the seed
+        pairs of a study); None fits them here.
 
     Returns
     -------
     DataFrame with columns ``map``, ``metric``, ``value``. Metrics per map:
     ``mean_error``, ``sup_error`` (both over the diameter), ``r2`` (1 - residual / total sum of
     squares on the test rows). For ``permutation`` also ``mcc_in_sample`` and ``mcc_split``
-    (raw coordinates); for ``ica`` the same MCCs between the two sets of ICA sources,
-    ``n_components`` (sources kept on the target side), ``projection_error`` (mean error of B's
-    own projection onto its kept components: the floor of the ICA map's error; with fewer
-    components than dimensions the ICA map also drops B's trailing, often noise-dominated,
-    variance, so it can beat the rigid map and the efficiency can exceed 1) and
-    ``efficiency`` = (err_perm - err_ica) / (err_perm - err_rigid) on ``mean_error`` (needs
-    permutation and rigid too; NaN when they tie). One extra row ``map="all"``,
-    ``metric="diameter"`` records the diameter used.
+    (raw coordinates); for ``ica`` the same MCCs between the two sets of ICA sources and
+    ``n_components`` (sources kept on the target side). Rows with ``map="all"``: ``diameter``
+    (the one the errors are divided by), ``variance_share`` (share of the target's test
+    variance inside its k-subspace, 1 without projection) and ``truncation_error`` (mean
+    distance of the target's test rows to their projection over the full target's diameter:
+    what the ICA error used to include when only the ICA map was truncated). The ICA efficiency
+    is not here: it is a ratio of (pair-averaged) errors, :func:`ica_efficiency`.
     """
     A_fit, B_fit = _pair(A_fit, B_fit)
     A_test, B_test = _pair(A_test, B_test)
@@ -297,44 +419,52 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
     unknown = sorted(set(maps) - set(MAP_CLASSES))
     if unknown:
         raise ValueError(f"unknown map classes {unknown}; known: {MAP_CLASSES}")
+    rows: list[tuple[str, str, float]] = []
+    if k is not None:
+        full_diam = latent_diameter(B_test, kind=diameter, seed=seed)
+        sub_a, sub_b = principal_subspace(A_fit, k), principal_subspace(B_fit, k)
+        B_test_k = sub_b.project(B_test)
+        left = B_test - B_test_k
+        total = float(np.sum((B_test - B_test.mean(axis=0)) ** 2))
+        share = 1.0 - float(np.sum((left - left.mean(axis=0)) ** 2)) / total if total > 0 else np.nan
+        trunc = float(np.linalg.norm(left, axis=1).mean() / full_diam) if full_diam > 0 else np.nan
+        A_fit, A_test = sub_a.project(A_fit), sub_a.project(A_test)
+        B_fit, B_test = sub_b.project(B_fit), B_test_k
+        rows += [("all", "variance_share", share), ("all", "truncation_error", trunc)]
+    else:
+        rows += [("all", "variance_share", 1.0), ("all", "truncation_error", 0.0)]
     diam = latent_diameter(B_test, kind=diameter, seed=seed)
     if diam <= 0:
         raise ValueError("target representation is constant on the test split (diameter 0)")
+    rows.insert(0, ("all", "diameter", diam))
     total_ss = float(np.sum((B_test - B_test.mean(axis=0)) ** 2))
     fit_mask = np.r_[np.ones(len(A_fit), bool), np.zeros(len(A_test), bool)]
     A_all, B_all = np.vstack([A_fit, A_test]), np.vstack([B_fit, B_test])
 
-    rows: list[tuple[str, str, float]] = [("all", "diameter", diam)]
-    mean_err: dict[str, float] = {}
     for name in maps:
         if name == "ica":
-            h, _, _ = fit_ica_map(A_fit, B_fit, n_components=n_components, seed=seed, backend=ica_backend)
+            h, _, _ = fit_ica_map(A_fit, B_fit, n_components=k, seed=seed, backend=ica_backend, fits=ica_fits)
         else:
             h = {"permutation": fit_permutation_map, "rigid": fit_rigid_map,
                  "linear": lambda a, b: fit_linear_map(a, b, ridge=linear_ridge)}[name](A_fit, B_fit)
         residual = B_test - h(A_test)
         dist = np.linalg.norm(residual, axis=1)
-        mean_err[name] = float(dist.mean() / diam)
-        rows += [(name, "mean_error", mean_err[name]), (name, "sup_error", float(dist.max() / diam)),
+        rows += [(name, "mean_error", float(dist.mean() / diam)), (name, "sup_error", float(dist.max() / diam)),
                  (name, "r2", 1.0 - float(np.sum(residual**2)) / total_ss if total_ss > 0 else np.nan)]
         if name == "permutation":
             rows += [(name, "mcc_in_sample", mcc(A_all, B_all)),
                      (name, "mcc_split", mcc_split(A_all, B_all, fit_mask))]
         if name == "ica":
             sa, sb = h.ica_a.sources(A_all), h.ica_b.sources(B_all)
-            floor = np.linalg.norm(B_test - h.ica_b.reconstruct(h.ica_b.sources(B_test)), axis=1)
             rows += [(name, "mcc_in_sample", mcc(sa, sb)), (name, "mcc_split", mcc_split(sa, sb, fit_mask)),
-                     (name, "n_components", float(h.ica_b.unmixing.shape[0])),
-                     (name, "projection_error", float(floor.mean() / diam))]
-    if {"permutation", "rigid", "ica"} <= set(maps):
-        rows.append(("ica", "efficiency", ica_efficiency(mean_err["permutation"], mean_err["rigid"],
-                                                         mean_err["ica"])))
+                     (name, "n_components", float(h.ica_b.unmixing.shape[0]))]
     return pd.DataFrame(rows, columns=["map", "metric", "value"])
 
 
 def ica_efficiency(err_permutation: float, err_rigid: float, err_ica: float, *, tol: float = 1e-12) -> float:
     """Share of the gap between signed-permutation and rigid alignment that unsupervised
-    ICA closes: (perm - ica) / (perm - rigid); NaN when permutation and rigid tie."""
+    ICA closes: (perm - ica) / (perm - rigid); NaN when permutation and rigid tie. Over several
+    seed pairs pass the pair-averaged errors (the paper's figures are ratios of mean errors)."""
     gap = err_permutation - err_rigid
     if not np.isfinite(gap) or abs(gap) <= tol:
         return float("nan")
@@ -346,7 +476,7 @@ def split_rows(n: int, *, fit_fraction: float = 0.5, seed: int = 0) -> np.ndarra
     least 2 rows on either side)."""
     if not 0.0 < fit_fraction < 1.0:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
-    n_fit = int(round(n * fit_fraction))
+    n_fit = round(n * fit_fraction)
     if n_fit < 2 or n - n_fit < 2:
         raise ValueError(f"{n} rows are too few to split into fitting and test rows")
     mask = np.zeros(n, dtype=bool)
