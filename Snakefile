@@ -39,12 +39,12 @@ pathvars:
     logs=LOGS,
 
 
-
 wildcard_constraints:
     plate=IDENTIFIER,
     model=IDENTIFIER,
     method=METHOD_NAME,
     seed="[0-9]+",
+
 
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
@@ -61,6 +61,7 @@ include: "workflow/rules/validation.smk"
 
 
 rule all:
+    default_target: True
     input:
         "<results>/phenoica.h5ad",
         "<results>/scores.tsv",
@@ -68,7 +69,6 @@ rule all:
         "<results>/null_rotations.tsv",
         "<results>/summary.txt",
         REPORT_FIGURES,
-    default_target: True
 
 
 # The rules whose outputs <results>/phenoica.h5ad, the long tables and the summary (collect_results)

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 import pytest
-
 from helpers_workflow import Project, make_project, slurm_job_records
 
 

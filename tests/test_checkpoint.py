@@ -12,14 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers_data import OPENPHENOM_SHAPES, REPO
+from helpers_models import TINY_MAE
 from safetensors.torch import save_file
 
 from phenoica.errors import ConfigError, InputError
-from phenoica.models import (checkpoint_sha256, create_model, load_encoder, load_model, read_state_dict,
-                             save_checkpoint)
+from phenoica.models import checkpoint_sha256, create_model, load_encoder, load_model, read_state_dict, save_checkpoint
 from phenoica.models.checkpoint import file_kind
 from phenoica.provenance import file_sha256
-from helpers_models import TINY_MAE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,7 +17,6 @@ import signal
 import time
 
 import pytest
-
 from helpers_workflow import (
     assert_complete_files,
     assert_identical_results,

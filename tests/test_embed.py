@@ -8,15 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers_data import PHENIX, REPO
 from helpers_models import TINY_MAE, write_plate, write_truth
+
 from phenoica.config import schema_defaults
 from phenoica.embed import collect_wells, embed_plate
 from phenoica.errors import ConfigError, InputError
 from phenoica.models import create_model, load_encoder, save_checkpoint
-from phenoica.models.data import (manifest_path_lists, normalize_site, plate_channel_stats, read_manifest,
-                                  read_site, tile_positions, tile_site)
+from phenoica.models.data import (
+    manifest_path_lists,
+    normalize_site,
+    plate_channel_stats,
+    read_manifest,
+    read_site,
+    tile_positions,
+    tile_site,
+)
 from phenoica.provenance import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +71,8 @@ def test_site_anndata_contract_and_values(tmp_path, plates, checkpoint):
     assert sorted(a.obsm) == ["X_layer1", "X_layer3"]
     assert np.array_equal(a.X, a.obsm["X_layer3"])
     info = a.uns["phenoica"]["embedding"]
-    assert info["model"] == "mae_vit_demo" and info["checkpoint_sha256"] == file_sha256(checkpoint / "model.safetensors")
+    assert info["model"] == "mae_vit_demo"
+    assert info["checkpoint_sha256"] == file_sha256(checkpoint / "model.safetensors")
     assert list(info["layers"]) == [1, 3] and info["pooling"] == "mean" and info["crop_size"] == 32
     assert info["stride"] == 16 and info["tiles_per_site"] == 4 and info["normalization"] == "image"
     assert "embed_plate" in a.uns["phenoica"]["stages"]

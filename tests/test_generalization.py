@@ -6,8 +6,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import ortho_group
 import torch
+from scipy.stats import ortho_group
 from threadpoolctl import threadpool_limits
 
 from phenoica.benchmarks import generalization as gen

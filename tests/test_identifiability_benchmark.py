@@ -41,7 +41,8 @@ def _write_seed(tmp_path, seed: int, *, drop_rows: int = 0, layers=(1, 2)) -> st
     rng = np.random.default_rng(100 + seed)
     obsm = {}
     if 1 in layers:
-        obsm["X_layer1"] = (S @ ortho_group.rvs(DIM, random_state=seed + 1) + 0.01 * rng.normal(size=S.shape)).astype(np.float32)
+        rotated = S @ ortho_group.rvs(DIM, random_state=seed + 1)
+        obsm["X_layer1"] = (rotated + 0.01 * rng.normal(size=S.shape)).astype(np.float32)
     if 2 in layers:
         obsm["X_layer2"] = (S[:, rng.permutation(DIM)] * rng.choice([-1, 1], DIM)).astype(np.float32)
     obs = pd.DataFrame(index=[f"P1:A{i:02d}:1" for i in range(N_PROBE)])

@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from helpers_workflow import REPO, Job, Project, copy_project, make_project
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
 from helpers_workflow import REPO, job_counts, make_project
+
 from phenoica.config import load_config
 from phenoica.embed import resolve_embed_config
 from phenoica.models import get_spec

@@ -6,9 +6,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from test_postprocess import make_wells  # noqa: E402 (tests/ is on sys.path)
 
-from phenoica.errors import InputError
 from phenoica.config import schema_defaults
+from phenoica.errors import InputError
 from phenoica.metrics.separation import compute_scores
 from phenoica.plots import (
     plot_attribution_heatmap,
@@ -18,8 +19,6 @@ from phenoica.plots import (
     umap_embedding,
 )
 from phenoica.postprocess import make_method, run_postprocess
-
-from test_postprocess import make_wells  # noqa: E402 (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ tests/test_report_workflow.py)."""
 
 from __future__ import annotations
 
-
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from test_postprocess import make_wells  # noqa: E402 (tests/ is on sys.path)
 
 from phenoica.benchmarks.generalization import POOLED, TABLE_COLUMNS
 from phenoica.config import schema_defaults
@@ -24,8 +24,6 @@ from phenoica.report import (
     run_scores_report,
     score_grid,
 )
-
-from test_postprocess import make_wells  # noqa: E402 (tests/ is on sys.path)
 
 REPORT = schema_defaults("report")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from helpers_workflow import REPO, copy_project, make_project
 
 REPORT_RULES = {"method_figures", "scores_report", "benchmark_report"}

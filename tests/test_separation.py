@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from test_postprocess import FAST_ICA, make_wells  # noqa: E402 (tests/ is on sys.path)
 
 from phenoica.config import schema_defaults
 from phenoica.errors import InputError
@@ -26,8 +27,6 @@ from phenoica.metrics.separation import (
     truth_mcc,
 )
 from phenoica.postprocess import make_method, run_postprocess
-
-from test_postprocess import FAST_ICA, make_wells  # noqa: E402 (tests/ is on sys.path)
 
 SCORES = schema_defaults("scores")
 NO_MIXING = {**SCORES, "mixing": False}

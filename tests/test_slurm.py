@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers_slurm import group_alive, project_jobs, run_id_of, snakemake_run, wait_for
 from helpers_workflow import PHENOICA, REPO, SLURM_TASK_ENV_LOG, SNAKEMAKE, assert_identical_results
 

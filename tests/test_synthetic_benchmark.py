@@ -43,7 +43,8 @@ def test_base_model_and_missing_beta(tmp_path):
     with pytest.raises(ConfigError):
         base_model("pca")
     with pytest.raises(ConfigError, match="synthetic.beta: no value for 'beta_tcvae'"):
-        train_synthetic(tmp_path / "none.npz", "beta_tcvae", 0, tmp_path / "z.h5ad", **{**TRAIN, "beta": {"beta_vae": 2}})
+        train_synthetic(tmp_path / "none.npz", "beta_tcvae", 0, tmp_path / "z.h5ad",
+                        **{**TRAIN, "beta": {"beta_vae": 2}})
 
 
 def test_rule_functions_end_to_end(tmp_path):

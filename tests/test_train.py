@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from helpers_models import TINY_MAE, write_plate
+
 from phenoica.config import schema_defaults
 from phenoica.errors import ConfigError
 from phenoica.models import load_model, read_state_dict, train_model

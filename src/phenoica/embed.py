@@ -41,8 +41,16 @@ from .io import read_table, sanitize_uns, standardize_obs, write_h5ad
 from .io.images import read_image
 from .logs import get_logger, progress
 from .models.checkpoint import checkpoint_sha256, load_encoder, resolve_spec
-from .models.data import (SiteError, SiteTiles, collate_sites, lower_worker_priority,
-                          manifest_path_lists, plate_channel_stats, read_manifest, tile_positions)
+from .models.data import (
+    SiteError,
+    SiteTiles,
+    collate_sites,
+    lower_worker_priority,
+    manifest_path_lists,
+    plate_channel_stats,
+    read_manifest,
+    tile_positions,
+)
 from .models.mae import EncoderBase
 from .models.registry import ModelSpec
 from .models.train import resolve_device

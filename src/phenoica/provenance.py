@@ -9,7 +9,6 @@ import os
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from . import __version__
 
@@ -45,7 +44,7 @@ def record(stage: str, params: dict | None = None, seeds: dict | None = None,
         "seeds_json": json.dumps(seeds or {}, sort_keys=True, default=str),
         "inputs": [str(p) for p in (inputs or [])],
         "host": platform.node(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

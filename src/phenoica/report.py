@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .collect import (BENCHMARK_COLUMNS, SCORE_COLUMNS, benchmark_grid, concat_tables,
-                      metric_direction, score_grid)
+from .collect import BENCHMARK_COLUMNS, SCORE_COLUMNS, benchmark_grid, concat_tables, metric_direction, score_grid
 from .errors import InputError
 from .io import atomic_path, atomic_write_text
 from .logs import get_logger

@@ -200,7 +200,6 @@ def technical_batch_mcc(Z: np.ndarray, labels, batch_sources: np.ndarray) -> flo
 def measure_control(data: ControlData, *, n_rotations: int, top_k: int, seed: int) -> pd.DataFrame:
     """Every measurement on one control -> rows ``method, metric, value``."""
     from .benchmarks.generalization import evaluate_method
-    from .config import schema_defaults
     from .metrics.identifiability import ica_efficiency
     from .metrics.separation import ALL, compute_scores
     from .nulls import (

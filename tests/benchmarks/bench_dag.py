@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
-
 from helpers_workflow import Project, job_counts, make_project  # noqa: E402
 
 

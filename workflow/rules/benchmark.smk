@@ -12,6 +12,13 @@ rule benchmark_generalization:
         checked=benchmark_checks,
     output:
         benchmarks="<results>/benchmarks/{model}/{method}.tsv",
+    log:
+        "<logs>/benchmark/{model}/{method}.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: rule_threads("benchmark_generalization")
+    resources:
+        **rule_resources("benchmark_generalization"),
     params:
         algorithm=lambda wildcards: canonical(method_spec(wildcards.method)[0]),
         method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
@@ -19,12 +26,5 @@ rule benchmark_generalization:
         labels=canonical(config["labels"]),
         layer=canonical(config["postprocess"]["layer"]),
         fit_on=canonical(config["postprocess"]["fit_on"]),
-    threads: rule_threads("benchmark_generalization")
-    resources:
-        **rule_resources("benchmark_generalization"),
-    log:
-        "<logs>/benchmark/{model}/{method}.log",
-    conda:
-        "../../envs/core.yaml"
     script:
         "../scripts/benchmark_generalization.py"

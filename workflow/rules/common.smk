@@ -38,8 +38,10 @@ def _load_sheet():
     if not config["plates"]:
         from phenoica.errors import ConfigError
 
-        raise ConfigError(f"config key plates: with source {SOURCE!r} name the plate sheet (TSV, one "
-                          "row per plate: plate, batch, layout, path, platemap; README 'Your own plates')")
+        raise ConfigError(
+            f"config key plates: with source {SOURCE!r} name the plate sheet (TSV, one "
+            "row per plate: plate, batch, layout, path, platemap; README 'Your own plates')"
+        )
     from phenoica.sheet import read_plate_sheet
 
     # simulated plates are written by the workflow itself, so their files may not exist yet
@@ -70,7 +72,9 @@ SHEET = _load_sheet()
 if SOURCE == "simulate":
     _check_simulated_paths(SHEET)
 PLATES = [] if SHEET is None else list(SHEET["plate"])
-PLATE_ROWS = {} if SHEET is None else {row["plate"]: row for row in SHEET.to_dict("records")}
+PLATE_ROWS = (
+    {} if SHEET is None else {row["plate"]: row for row in SHEET.to_dict("records")}
+)
 
 
 def plate_row(plate):
@@ -126,7 +130,9 @@ def plate_manifests(plates, key):
     plates = plates or PLATES
     unknown = sorted(set(plates) - set(PLATES))
     if unknown:
-        raise ConfigError(f"config key {key}: plates not in {config['plates']}: {unknown}")
+        raise ConfigError(
+            f"config key {key}: plates not in {config['plates']}: {unknown}"
+        )
     return expand("<results>/plates/{plate}/manifest.parquet", plate=plates)
 
 
@@ -138,7 +144,9 @@ def train_manifests(wildcards):
 def train_params():
     """The train section as train_model takes it (without the workflow-only plate list)."""
     train = section_arguments("train", config["train"])
-    train["exclude_flagged"] = train["exclude_flagged"] or config["qc"]["exclude_flagged"]
+    train["exclude_flagged"] = (
+        train["exclude_flagged"] or config["qc"]["exclude_flagged"]
+    )
     return train
 
 
@@ -210,7 +218,10 @@ def rule_threads(rule):
 
 
 def rule_resources(rule):
-    spec = {**DEFAULT_RESOURCES.get(rule, {"mem_mb": 2000, "runtime": 30}), **config["resources"].get(rule, {})}
+    spec = {
+        **DEFAULT_RESOURCES.get(rule, {"mem_mb": 2000, "runtime": 30}),
+        **config["resources"].get(rule, {}),
+    }
     base_mem = spec.get("mem_mb", 2000)
     resources = {
         "mem_mb": lambda wildcards, attempt: base_mem * attempt,

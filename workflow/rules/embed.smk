@@ -8,15 +8,15 @@ if SOURCE == "profiles":
             table=config["profiles"]["path"],
         output:
             wells="<results>/embeddings/{model}/wells.h5ad",
-        params:
-            profiles=canonical(config["profiles"]),
-        threads: rule_threads("collect_wells")
-        resources:
-            **rule_resources("collect_wells"),
         log:
             "<logs>/collect/{model}_profiles.log",
         conda:
             "../../envs/core.yaml"
+        threads: rule_threads("collect_wells")
+        resources:
+            **rule_resources("collect_wells"),
+        params:
+            profiles=canonical(config["profiles"]),
         script:
             "../scripts/collect_profiles.py"
 
@@ -28,37 +28,39 @@ else:
             checkpoint=checkpoint_inputs,
         output:
             sites="<results>/embeddings/{model}/sites/{plate}.h5ad",
+        log:
+            "<logs>/embed/{model}/{plate}.log",
+        conda:
+            "../../envs/torch.yaml"
+        threads: rule_threads("embed_plate")
+        resources:
+            **rule_resources("embed_plate"),
         params:
             model=canonical(config["model"]),
             checkpoint=lambda wildcards: canonical(checkpoint_path(wildcards)),
             embed=canonical(config["embed"]),
             channels=canonical(CHANNEL_NAMES),
             exclude_flagged=canonical(config["qc"]["exclude_flagged"]),
-        threads: rule_threads("embed_plate")
-        resources:
-            **rule_resources("embed_plate"),
-        log:
-            "<logs>/embed/{model}/{plate}.log",
-        conda:
-            "../../envs/torch.yaml"
         script:
             "../scripts/embed_plate.py"
 
     rule collect_wells:
         input:
-            sites=expand("<results>/embeddings/{{model}}/sites/{plate}.h5ad", plate=PLATES),
+            sites=expand(
+                "<results>/embeddings/{{model}}/sites/{plate}.h5ad", plate=PLATES
+            ),
             truth=truth_inputs,
         output:
             wells="<results>/embeddings/{model}/wells.h5ad",
-        params:
-            aggregate=canonical(config["embed"]["aggregate"]),
-        threads: rule_threads("collect_wells")
-        resources:
-            **rule_resources("collect_wells"),
         log:
             "<logs>/collect/{model}_wells.log",
         conda:
             "../../envs/core.yaml"
+        threads: rule_threads("collect_wells")
+        resources:
+            **rule_resources("collect_wells"),
+        params:
+            aggregate=canonical(config["embed"]["aggregate"]),
         script:
             "../scripts/collect_wells.py"
 
@@ -68,4 +70,8 @@ else:
 rule embed:
     input:
         f"<results>/embeddings/{MODEL}/wells.h5ad",
-        expand("<results>/embeddings/{model}/sites/{plate}.h5ad", model=MODEL, plate=PLATES),
+        expand(
+            "<results>/embeddings/{model}/sites/{plate}.h5ad",
+            model=MODEL,
+            plate=PLATES,
+        ),

@@ -23,19 +23,21 @@ rule identifiability_train:
         weights="<results>/identifiability/models/{model}/wd{wd}/seed{seed}/model.safetensors",
         model_config="<results>/identifiability/models/{model}/wd{wd}/seed{seed}/config.json",
         train_log="<results>/identifiability/models/{model}/wd{wd}/seed{seed}/train_log.tsv",
+    log:
+        "<logs>/identifiability/train/{model}_wd{wd}_seed{seed}.log",
     wildcard_constraints:
         wd="[0-9][0-9.e+-]*",
-    params:
-        model=canonical(config["model"]),
-        train=lambda wildcards: canonical({**IDENT_TRAIN, "weight_decay": float(wildcards.wd)}),
-        channels=canonical(CHANNEL_NAMES),
+    conda:
+        "../../envs/torch.yaml"
     threads: rule_threads("identifiability_train")
     resources:
         **rule_resources("identifiability_train"),
-    log:
-        "<logs>/identifiability/train/{model}_wd{wd}_seed{seed}.log",
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        model=canonical(config["model"]),
+        train=lambda wildcards: canonical(
+            {**IDENT_TRAIN, "weight_decay": float(wildcards.wd)}
+        ),
+        channels=canonical(CHANNEL_NAMES),
     script:
         "../scripts/train_model.py"
 
@@ -43,25 +45,29 @@ rule identifiability_train:
 rule identifiability_embed:
     input:
         manifests=ident_probe_manifests,
-        checkpoint=lambda wildcards: ident_checkpoint_files(wildcards.model, [(wildcards.wd, wildcards.seed)]),
+        checkpoint=lambda wildcards: ident_checkpoint_files(
+            wildcards.model, [(wildcards.wd, wildcards.seed)]
+        ),
     output:
         probe="<results>/identifiability/embeddings/{model}/wd{wd}/seed{seed}.h5ad",
+    log:
+        "<logs>/identifiability/embed/{model}_wd{wd}_seed{seed}.log",
     wildcard_constraints:
         wd="[0-9][0-9.e+-]*",
+    conda:
+        "../../envs/torch.yaml"
+    threads: rule_threads("identifiability_embed")
+    resources:
+        **rule_resources("identifiability_embed"),
     params:
         model=canonical(config["model"]),
-        checkpoint=lambda wildcards: canonical(ident_model_dir(wildcards.model, wildcards.wd, wildcards.seed)),
+        checkpoint=lambda wildcards: canonical(
+            ident_model_dir(wildcards.model, wildcards.wd, wildcards.seed)
+        ),
         embed=canonical(config["embed"]),
         layers=canonical(ident_embed_layers()),
         channels=canonical(CHANNEL_NAMES),
         exclude_flagged=canonical(config["qc"]["exclude_flagged"]),
-    threads: rule_threads("identifiability_embed")
-    resources:
-        **rule_resources("identifiability_embed"),
-    log:
-        "<logs>/identifiability/embed/{model}_wd{wd}_seed{seed}.log",
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/identifiability_embed.py"
 
@@ -73,16 +79,16 @@ rule identifiability_alignment:
         table="<results>/identifiability/alignment.tsv",
         summary="<results>/identifiability/alignment_summary.tsv",
         figure="<results>/identifiability/alignment.png",
-    params:
-        seeds=canonical(IDENT_SEEDS),
-        settings=canonical(IDENT_ALIGNMENT),
-    threads: rule_threads("identifiability_alignment")
-    resources:
-        **rule_resources("identifiability_alignment"),
     log:
         "<logs>/identifiability/alignment.log",
     conda:
         "../../envs/torch.yaml"
+    threads: rule_threads("identifiability_alignment")
+    resources:
+        **rule_resources("identifiability_alignment"),
+    params:
+        seeds=canonical(IDENT_SEEDS),
+        settings=canonical(IDENT_ALIGNMENT),
     script:
         "../scripts/identifiability_alignment.py"
 
@@ -95,19 +101,21 @@ rule identifiability_isometry:
     output:
         table="<results>/identifiability/isometry.tsv",
         figure="<results>/identifiability/isometry.png",
-    params:
-        checkpoints=canonical([ident_model_dir(MODEL, wd, seed) for wd, seed in IDENT_SWEEP]),
-        weight_decays=canonical([float(wd) for wd, _ in IDENT_SWEEP]),
-        seeds=canonical([seed for _, seed in IDENT_SWEEP]),
-        channels=canonical(CHANNEL_NAMES),
-        settings=canonical(IDENT_ISOMETRY),
-    threads: rule_threads("identifiability_isometry")
-    resources:
-        **rule_resources("identifiability_isometry"),
     log:
         "<logs>/identifiability/isometry.log",
     conda:
         "../../envs/torch.yaml"
+    threads: rule_threads("identifiability_isometry")
+    resources:
+        **rule_resources("identifiability_isometry"),
+    params:
+        checkpoints=canonical(
+            [ident_model_dir(MODEL, wd, seed) for wd, seed in IDENT_SWEEP]
+        ),
+        weight_decays=canonical([float(wd) for wd, _ in IDENT_SWEEP]),
+        seeds=canonical([seed for _, seed in IDENT_SWEEP]),
+        channels=canonical(CHANNEL_NAMES),
+        settings=canonical(IDENT_ISOMETRY),
     script:
         "../scripts/identifiability_isometry.py"
 

@@ -20,9 +20,11 @@ def _ident_train():
     overrides = dict(IDENT["train"])
     for key in ("plates", "seed", "weight_decay"):
         if key in overrides:
-            raise ConfigError(f"config key identifiability.train.{key}: not an override here (the "
-                              "training plates are train.plates, the seeds identifiability.seeds and "
-                              "the weight decays identifiability.weight_decays)")
+            raise ConfigError(
+                f"config key identifiability.train.{key}: not an override here (the "
+                "training plates are train.plates, the seeds identifiability.seeds and "
+                "the weight decays identifiability.weight_decays)"
+            )
     merged = {**train_params(), **overrides}
     # unknown keys or bad values stop the dry run
     check_section(overrides, "train", key="identifiability.train")
@@ -36,7 +38,9 @@ IDENT_SEEDS = [int(seed) for seed in IDENT["seeds"]]
 IDENT_SWEEP_SEEDS = [int(seed) for seed in (IDENT["sweep_seeds"] or IDENT["seeds"])]
 IDENT_WDS = [wd_label(wd) for wd in IDENT["weight_decays"]]
 if len(set(IDENT_WDS)) != len(IDENT_WDS):
-    raise ConfigError(f"config key identifiability.weight_decays: repeated values {IDENT['weight_decays']}")
+    raise ConfigError(
+        f"config key identifiability.weight_decays: repeated values {IDENT['weight_decays']}"
+    )
 # (weight decay, seed) of every checkpoint in the sweep
 IDENT_SWEEP = [(wd, seed) for wd in IDENT_WDS for seed in IDENT_SWEEP_SEEDS]
 
@@ -49,8 +53,11 @@ def ident_model_dir(model, wd, seed):
 
 
 def ident_checkpoint_files(model, pairs):
-    return [f"{ident_model_dir(model, wd, seed)}/{name}" for wd, seed in pairs
-            for name in ("model.safetensors", "config.json")]
+    return [
+        f"{ident_model_dir(model, wd, seed)}/{name}"
+        for wd, seed in pairs
+        for name in ("model.safetensors", "config.json")
+    ]
 
 
 def ident_embedding(model, wd, seed):
@@ -59,8 +66,10 @@ def ident_embedding(model, wd, seed):
 
 def ident_probe_manifests(wildcards):
     if SOURCE == "profiles":
-        raise ConfigError("config key source: identifiability trains and embeds an MAE on images; "
-                          "source 'profiles' has none")
+        raise ConfigError(
+            "config key source: identifiability trains and embeds an MAE on images; "
+            "source 'profiles' has none"
+        )
     return plate_manifests(IDENT["probe_plates"], "identifiability.probe_plates")
 
 
@@ -68,4 +77,6 @@ def ident_embed_layers():
     """Blocks every probe embedding holds: all of them unless identifiability.layers names some."""
     if IDENT["layers"] is None:
         return "all"
-    return sorted(set(IDENT["layers"]) | ({IDENT["layer"]} if IDENT["layer"] else set()))
+    return sorted(
+        set(IDENT["layers"]) | ({IDENT["layer"]} if IDENT["layer"] else set())
+    )

@@ -10,18 +10,18 @@ rule ingest_plate:
     output:
         manifest="<results>/plates/{plate}/validated/manifest.parquet",
         qc="<results>/plates/{plate}/validated/qc.parquet",
+    log:
+        "<logs>/ingest/{plate}.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: rule_threads("ingest_plate")
+    resources:
+        **rule_resources("ingest_plate"),
     params:
         row=lambda wildcards: canonical(plate_row(wildcards.plate)),
         channels=canonical(CHANNELS),
         qc=canonical(config["qc"]),
         ingest=canonical(config["ingest"]),
-    threads: rule_threads("ingest_plate")
-    resources:
-        **rule_resources("ingest_plate"),
-    log:
-        "<logs>/ingest/{plate}.log",
-    conda:
-        "../../envs/core.yaml"
     script:
         "../scripts/ingest_plate.py"
 
@@ -35,16 +35,18 @@ rule publish_plate:
     output:
         manifest="<results>/plates/{plate}/manifest.parquet",
         qc="<results>/plates/{plate}/qc.parquet",
+    log:
+        "<logs>/ingest/{plate}.publish.log",
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
     params:
         # temporary names as phenoica.io.atomic_path makes them (hidden, '.partial'), in the
         # results folder (params get no <results>: Snakemake fills it into file paths only)
-        manifest=canonical(f"{RESULTS}/plates/{{plate}}/.manifest.parquet.publish.partial"),
+        manifest=canonical(
+            f"{RESULTS}/plates/{{plate}}/.manifest.parquet.publish.partial"
+        ),
         qc=canonical(f"{RESULTS}/plates/{{plate}}/.qc.parquet.publish.partial"),
-    localrule: True
-    log:
-        "<logs>/ingest/{plate}.publish.log",
-    conda:
-        "../../envs/core.yaml"
     shell:
         "(cp {input.manifest:q} {params.manifest:q}"
         " && mv {params.manifest:q} {output.manifest:q}"

@@ -10,6 +10,13 @@ rule rotation_null:
         relations=relations_inputs,
     output:
         null="<results>/null/{model}/{method}.tsv",
+    log:
+        "<logs>/null/{model}/{method}.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: rule_threads("rotation_null")
+    resources:
+        **rule_resources("rotation_null"),
     params:
         method_params=lambda wildcards: canonical(method_spec(wildcards.method)[1]),
         rotation_null=canonical(config["rotation_null"]),
@@ -18,12 +25,5 @@ rule rotation_null:
         benchmark=canonical(config["benchmark"]),
         layer=canonical(config["postprocess"]["layer"]),
         fit_on=canonical(config["postprocess"]["fit_on"]),
-    threads: rule_threads("rotation_null")
-    resources:
-        **rule_resources("rotation_null"),
-    log:
-        "<logs>/null/{model}/{method}.log",
-    conda:
-        "../../envs/core.yaml"
     script:
         "../scripts/rotation_null.py"

@@ -7,15 +7,15 @@ rule score_separation:
         checked=score_checks,
     output:
         scores="<results>/scores/{model}/{method}.tsv",
-    params:
-        scores=canonical(config["scores"]),
-        labels=canonical(config["labels"]),
-    threads: rule_threads("score_separation")
-    resources:
-        **rule_resources("score_separation"),
     log:
         "<logs>/score/{model}/{method}.log",
     conda:
         "../../envs/core.yaml"
+    threads: rule_threads("score_separation")
+    resources:
+        **rule_resources("score_separation"),
+    params:
+        scores=canonical(config["scores"]),
+        labels=canonical(config["labels"]),
     script:
         "../scripts/score_separation.py"

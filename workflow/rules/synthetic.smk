@@ -27,15 +27,15 @@ wildcard_constraints:
 rule synthetic_dataset:
     output:
         data="<results>/synthetic/data/{dataset}.npz",
-    params:
-        synthetic=canonical(SYN_DATA),
-    threads: rule_threads("synthetic_dataset")
-    resources:
-        **rule_resources("synthetic_dataset"),
     log:
         "<logs>/synthetic/data_{dataset}.log",
     conda:
         "../../envs/core.yaml"
+    threads: rule_threads("synthetic_dataset")
+    resources:
+        **rule_resources("synthetic_dataset"),
+    params:
+        synthetic=canonical(SYN_DATA),
     script:
         "../scripts/synthetic_dataset.py"
 
@@ -46,53 +46,59 @@ rule synthetic_train:
     output:
         latents="<results>/synthetic/latents/{dataset}/{arch}/seed{seed}.h5ad",
         weights="<results>/synthetic/models/{dataset}/{arch}/seed{seed}.safetensors",
-    params:
-        synthetic=canonical(SYN_TRAIN),
-    threads: rule_threads("synthetic_train")
-    resources:
-        **rule_resources("synthetic_train"),
     log:
         "<logs>/synthetic/train_{dataset}_{arch}_seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: rule_threads("synthetic_train")
+    resources:
+        **rule_resources("synthetic_train"),
+    params:
+        synthetic=canonical(SYN_TRAIN),
     script:
         "../scripts/synthetic_train.py"
 
 
 rule synthetic_score:
     input:
-        latents=lambda wildcards: (f"<results>/synthetic/latents/{wildcards.dataset}/"
-                                   f"{base_model(wildcards.variant)}/seed{wildcards.seed}.h5ad"),
+        latents=lambda wildcards: (
+            f"<results>/synthetic/latents/{wildcards.dataset}/"
+            f"{base_model(wildcards.variant)}/seed{wildcards.seed}.h5ad"
+        ),
     output:
         scores="<results>/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
-    params:
-        synthetic=canonical(SYN_SCORE),
-    threads: rule_threads("synthetic_score")
-    resources:
-        **rule_resources("synthetic_score"),
     log:
         "<logs>/synthetic/score_{dataset}_{variant}_seed{seed}.log",
     conda:
         "../../envs/core.yaml"
+    threads: rule_threads("synthetic_score")
+    resources:
+        **rule_resources("synthetic_score"),
+    params:
+        synthetic=canonical(SYN_SCORE),
     script:
         "../scripts/synthetic_score.py"
 
 
 rule synthetic_collect:
     input:
-        tables=expand("<results>/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
-                      dataset=SYN["datasets"], variant=SYN["models"], seed=SYN["seeds"]),
+        tables=expand(
+            "<results>/synthetic/scores/{dataset}/{variant}/seed{seed}.tsv",
+            dataset=SYN["datasets"],
+            variant=SYN["models"],
+            seed=SYN["seeds"],
+        ),
     output:
         table="<results>/synthetic/disentanglement.tsv",
         summary="<results>/synthetic/summary.tsv",
         figure="<results>/synthetic/disentanglement.png",
-    threads: rule_threads("synthetic_collect")
-    resources:
-        **rule_resources("synthetic_collect"),
     log:
         "<logs>/synthetic/collect.log",
     conda:
         "../../envs/core.yaml"
+    threads: rule_threads("synthetic_collect")
+    resources:
+        **rule_resources("synthetic_collect"),
     script:
         "../scripts/synthetic_collect.py"
 

@@ -6,20 +6,20 @@ rule validation_controls:
     output:
         controls="<results>/validation/controls.tsv",
         checks="<results>/validation/checks.tsv",
-    params:
-        validation=canonical(config["validation"]),
-    threads: rule_threads("validation_controls")
-    resources:
-        **rule_resources("validation_controls"),
     log:
         "<logs>/validation/controls.log",
     conda:
         "../../envs/core.yaml"
+    threads: rule_threads("validation_controls")
+    resources:
+        **rule_resources("validation_controls"),
+    params:
+        validation=canonical(config["validation"]),
     script:
         "../scripts/validation_controls.py"
 
 
 rule validation:
+    default_target: False
     input:
         rules.validation_controls.output,
-    default_target: False

@@ -66,7 +66,6 @@ import pandas as pd
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_tsv
 from ..logs import get_logger, progress
-from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys, keyword_only
 from ..metrics.identifiability import (
     MAP_CLASSES,
     alignment_errors,
@@ -79,6 +78,7 @@ from ..metrics.identifiability import (
     split_rows,
     stable_k,
 )
+from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys, keyword_only
 
 log = get_logger(__name__)
 
@@ -169,7 +169,8 @@ def k_grid(dims: Sequence[int] | None, k: int | str, *, rank: int, n_fit: int) -
     if big:
         log.warning("k = %s above n_fit / 5 = %d: ICA and the linear map then fit sampling noise", big, n_fit // 5)
     if not ks:
-        raise ConfigError(f"identifiability.dims: no dimension <= the representations' rank {rank} in {list(dims or [])}")
+        raise ConfigError(f"identifiability.dims: no dimension <= the representations' rank {rank} "
+                          f"in {list(dims or [])}")
     return sorted(ks)
 
 

@@ -23,6 +23,7 @@ def read_table(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
     suffixes = [s.lower() for s in p.suffixes]
     if suffixes and suffixes[-1] == ".parquet":
         return pd.read_parquet(p, **kwargs)
-    core = suffixes[-2] if suffixes and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst"} and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+    compressed = len(suffixes) > 1 and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst"}
+    core = suffixes[-2] if compressed else (suffixes[-1] if suffixes else "")
     sep = "\t" if core in {".tsv", ".tab", ".txt"} else ","
     return pd.read_csv(p, sep=sep, **kwargs)

@@ -634,7 +634,8 @@ def fitting_mask(obs: pd.DataFrame, fit_on: str, train_batches=None, *,
 
 #: What every method parameter means (config/README.md lists them per method).
 METHOD_PARAM_DOCS: dict[str, str] = {
-    "n_components": "components kept (null: the numerical rank of the fitting set, at most one per 5 fitting wells; more than that logs a warning)",
+    "n_components": "components kept (null: the numerical rank of the fitting set, at most one per 5 fitting "
+                    "wells; more than that logs a warning)",
     "rel_tol": "eigenvalues below this share of the largest count as zero (rank cut-off)",
     "standardize": "z-score every feature on the fitting set first (for CellProfiler features)",
     "seed": "seed of the ICA restarts, the random rotation or Harmony",

@@ -29,7 +29,7 @@ import tifffile
 from ..identifiers import check_identifier, well_name
 from ..io import atomic_path, write_tsv
 from ..logs import get_logger, progress
-from .design import CHANNELS, CHANNEL_NAMES, CONTROL_NAME, EFFECT_COLUMNS, FACTOR_NAMES, design_screen
+from .design import CHANNEL_NAMES, CHANNELS, CONTROL_NAME, EFFECT_COLUMNS, FACTOR_NAMES, design_screen
 from .params import DEFAULT_PARAMS, plate_shape, resolve_params, rng_for
 from .render import SiteOptics, apply_optics, render_cells
 
