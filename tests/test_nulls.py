@@ -90,7 +90,9 @@ def test_run_rotation_null_writes_the_interface_table(wells, tmp_path):
                             method_params={"n_components": 6, "seed": 0}, n_rotations=3,
                             first_seed=10, scores=schema_defaults("scores"),
                             labels={"biology": "mechanism"},
-                            benchmark={**schema_defaults("benchmark"), "tasks": ["auroc", "retrieval"]},
+                            # the config section as the rule passes it: workflow-only keys too
+                            benchmark={**schema_defaults("benchmark"), "relations": None,
+                                       "tasks": ["auroc", "retrieval"]},
                             layer=None, fit_on="all",
                             relations_path=None)
     table = pd.read_csv(out, sep="\t")

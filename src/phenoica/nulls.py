@@ -268,10 +268,12 @@ def run_rotation_null(wells_path: str, postprocessed_path: str, *, out_tsv: str,
     score_table = rotation_null_scores(white, post.obs, seeds=seeds, method=method, truth=truth,
                                        score_params=scores, bio_key=labels.get("biology"))
     from .benchmarks.generalization import read_relations
+    from .config import section_arguments
 
     relations = read_relations(relations_path) if relations_path else None
     bench_table = rotation_null_benchmarks(X, wells.obs, seeds=seeds, method_params=method_params,
-                                           params=dict(benchmark), method=method, fit_on=fit_on,
+                                           params=section_arguments("benchmark", benchmark),
+                                           method=method, fit_on=fit_on,
                                            relations=relations, labels=labels, source=wells_path)
     table = pd.concat([score_table, bench_table], ignore_index=True)
     write_tsv(table, out_tsv)
