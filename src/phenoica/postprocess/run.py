@@ -43,8 +43,13 @@ def select_layer(adata: ad.AnnData, layer: str | int | None, source: str = "well
 
 def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict | None = None,
                     fit_on: str = "all", layer: str | None = None,
-                    train_batches: list[str] | None = None) -> None:
+                    train_batches: list[str] | None = None, fitted: str | None = None) -> None:
     """Fit ``method`` on the fitting set of the wells AnnData and write the transformed wells.
+
+    With ``fitted`` (config key ``postprocess.fitted``: an earlier run's
+    ``postprocess/<model>/<method>.h5ad``) nothing is fitted: the stored fit is applied to the
+    wells (:func:`phenoica.tl.apply`), so every well of the earlier run keeps its coordinates and
+    every component its meaning; see :func:`run_frozen`.
 
     Read, :func:`phenoica.tl.postprocess`, write: the notebook verb is the computation. The
     output has the same ``obs`` (and ground-truth ``obsm`` DataFrames), ``X`` = the
@@ -54,6 +59,9 @@ def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict
     """
     from .. import tl
 
+    if fitted:
+        run_frozen(wells_path, out_path=out_path, method=method, layer=layer, fitted=fitted)
+        return
     params = dict(params or {})
     adata = _read_wells(wells_path)
     use_rep = None if layer is None or str(layer) == "" else layer
@@ -72,6 +80,47 @@ def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict
     _write_output(adata, entry, meta, wells_path=wells_path, out_path=out_path,
                   record_params={"method": method, "params": full_params, "fit_on": fit_on,
                                  "layer": layer, "train_batches": train_batches})
+
+
+def run_frozen(wells_path: str, *, out_path: str, method: str, layer: str | None, fitted: str) -> None:
+    """Apply the fit stored in ``fitted`` (a ``postprocess/<model>/<method>.h5ad``) to the wells
+    and write the workflow's file. ``uns["method"]`` keeps the stored fit's name, params,
+    fit_on, train_batches and n_fit (they describe the fit) and adds ``frozen: True``,
+    ``frozen_from`` (the file) and ``frozen_sha256``."""
+    from .. import tl
+    from ..provenance import file_sha256
+
+    try:
+        stored = read_h5ad(fitted)
+    except (OSError, KeyError) as exc:
+        raise InputError(fitted, f"cannot read as AnnData (config key postprocess.fitted): {exc}") from exc
+    source = stored.uns.get("method", {})
+    if "state" not in source:
+        raise InputError(fitted, "holds no fitted post-processing method (config key postprocess.fitted)")
+    if str(source.get("name")) != method:
+        raise InputError(fitted, f"holds a fit of {source.get('name')!r}, not of {method!r} (config key "
+                                 "postprocess.fitted)")
+    stored_layer = str(source.get("layer", ""))
+    if stored_layer != ("" if layer is None else str(layer)):
+        raise InputError(fitted, f"was fitted on layer {stored_layer or 'X'!r}, the config's postprocess.layer "
+                                 f"is {layer or 'X'!r} (config key postprocess.fitted)")
+    adata = _read_wells(wells_path)
+    sha = file_sha256(fitted)
+    try:
+        tl.apply(adata, dict(source), use_rep=layer or None, key_added="postprocess")
+    except InputError as exc:
+        raise _in_file(exc, wells_path) from exc
+    entry = adata.uns["postprocess"]
+    entry["params"], entry["params_json"] = source["params"], str(source["params_json"])
+    meta = {"fit_on": str(source["fit_on"]), "train_batches": source.get("train_batches", []),
+            "layer": stored_layer, "n_fit": int(source["n_fit"]), "frozen": True,
+            "frozen_from": str(fitted), "frozen_sha256": sha}
+    log.info("%s: applying the stored fit of %s (sha256 %s, fitted on %d wells) without refitting",
+             method, fitted, sha[:12], meta["n_fit"])
+    full_params = json.loads(str(entry["state"]["params_json"]))
+    _write_output(adata, entry, meta, wells_path=wells_path, out_path=out_path, inputs=[fitted],
+                  record_params={"method": method, "params": full_params, "fit_on": meta["fit_on"],
+                                 "layer": layer, "frozen_from": str(fitted), "frozen_sha256": sha})
 
 
 def _read_wells(wells_path: str) -> ad.AnnData:

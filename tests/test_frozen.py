@@ -1,0 +1,86 @@
+"""Frozen transforms (postprocess.fitted): a stored fit applied to the wells of a later run."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from test_postprocess import FAST_ICA, make_wells
+
+from phenoica.errors import ConfigError, InputError
+from phenoica.postprocess import run_postprocess
+from phenoica.postprocess.frozen import check_fitted, fitted_files
+
+
+@pytest.fixture(scope="module")
+def data_update():
+    """Wells of batches B0-B2 (the first run) and the same wells plus a new plate of batch B3."""
+    wells = make_wells(n_batches=4, n_ctrl=8)
+    first = wells[wells.obs["batch"] != "B3"].copy()
+    return first, wells
+
+
+@pytest.mark.parametrize(("method", "params", "fit_on"), [
+    ("pca_ica", {"n_components": 5, **FAST_ICA}, "all"),
+    ("pca", {"n_components": 4}, "controls"),
+    ("centerscale", {"n_components": 4}, "all"),
+])
+def test_adding_a_plate_leaves_the_earlier_wells_bit_identical(data_update, tmp_path, method, params, fit_on):
+    first, updated = data_update
+    a, b = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
+    first.write_h5ad(a)
+    updated.write_h5ad(b)
+    run_a, frozen, refit = (tmp_path / f"{name}.h5ad" for name in ("run_a", "frozen", "refit"))
+    run_postprocess(str(a), out_path=str(run_a), method=method, params=params, fit_on=fit_on)
+    run_postprocess(str(b), out_path=str(frozen), method=method, params=params, fit_on=fit_on,
+                    fitted=str(run_a))
+    run_postprocess(str(b), out_path=str(refit), method=method, params=params, fit_on=fit_on)
+    old, new, again = ad.read_h5ad(run_a), ad.read_h5ad(frozen), ad.read_h5ad(refit)
+    earlier = new[old.obs_names]
+    np.testing.assert_array_equal(earlier.X, old.X)  # bit-identical
+    assert list(new.var_names) == list(old.var_names)
+    assert not np.array_equal(again[old.obs_names].X, old.X)  # a refit moves them
+    meth = new.uns["method"]
+    assert bool(meth["frozen"]) and meth["frozen_from"] == str(run_a)
+    from phenoica.provenance import file_sha256
+
+    assert meth["frozen_sha256"] == file_sha256(run_a)
+    assert int(meth["n_fit"]) == int(old.uns["method"]["n_fit"]) and meth["fit_on"] == fit_on
+    assert str(run_a) in list(new.uns["phenoica"]["stages"]["postprocess"]["inputs"])
+    np.testing.assert_array_equal(new.uns["method"]["state"]["whitening"]["components"],
+                                  old.uns["method"]["state"]["whitening"]["components"])
+
+
+def test_a_stored_fit_of_another_method_is_refused(data_update, tmp_path):
+    first, _ = data_update
+    a, pca = tmp_path / "a.h5ad", tmp_path / "pca.h5ad"
+    first.write_h5ad(a)
+    run_postprocess(str(a), out_path=str(pca), method="pca", params={"n_components": 3})
+    with pytest.raises(InputError, match=r"pca\.h5ad.*'pca'.*'pca_rand'.*postprocess\.fitted"):
+        run_postprocess(str(a), out_path=str(tmp_path / "x.h5ad"), method="pca_rand", params={},
+                        fitted=str(pca))
+
+
+def test_the_dry_run_check_names_the_key_and_the_file(data_update, tmp_path):
+    first, _ = data_update
+    a = tmp_path / "a.h5ad"
+    first.write_h5ad(a)
+    earlier = tmp_path / "earlier" / "postprocess" / "demo_mae"
+    run_postprocess(str(a), out_path=str(earlier / "pca.h5ad"), method="pca", params={"n_components": 3})
+    methods = {"pca": {}, "ica": {"method": "pca_ica"}}
+    files = fitted_files(str(earlier), methods)
+    assert files == {"ica": str(earlier / "ica.h5ad"), "pca": str(earlier / "pca.h5ad")}
+    algorithms = {"pca": "pca", "ica": "pca_ica"}
+    with pytest.raises(ConfigError, match=r"postprocess\.fitted.*ica\.h5ad.*does not exist"):
+        check_fitted(files, algorithms, {})
+    # a mapping freezes only the outputs it names
+    check_fitted(fitted_files({"pca": str(earlier / "pca.h5ad")}, methods), algorithms, {})
+    with pytest.raises(ConfigError, match=r"postprocess\.fitted.*pca\.h5ad holds a fit of 'pca'.*'pca_ica'"):
+        check_fitted({"ica": str(earlier / "pca.h5ad")}, algorithms, {})
+    with pytest.raises(ConfigError, match=r"postprocess\.fitted.*own output"):
+        check_fitted({"pca": str(earlier / "pca.h5ad")}, algorithms, {"pca": str(earlier / "pca.h5ad")})
+    with pytest.raises(ConfigError, match=r"postprocess\.fitted.*\['umap'\] are not configured"):
+        fitted_files({"umap": "x.h5ad"}, methods)
+    (tmp_path / "not.h5ad").write_text("text")
+    with pytest.raises(ConfigError, match=r"postprocess\.fitted.*not\.h5ad is not a readable"):
+        check_fitted({"pca": str(tmp_path / "not.h5ad")}, algorithms, {})
