@@ -84,3 +84,26 @@ def test_the_dry_run_check_names_the_key_and_the_file(data_update, tmp_path):
     (tmp_path / "not.h5ad").write_text("text")
     with pytest.raises(ConfigError, match=r"postprocess\.fitted.*not\.h5ad is not a readable"):
         check_fitted({"pca": str(tmp_path / "not.h5ad")}, algorithms, {})
+
+
+def test_the_workflow_applies_the_stored_fits_and_checks_them_in_the_dry_run(data_update, tmp_path):
+    """postprocess.fitted is a rule input (a changed stored fit reruns postprocess), checked in
+    the dry run: a missing file fails before any job, naming the key and the file (the other
+    problems: test_the_dry_run_check_names_the_key_and_the_file)."""
+    from helpers_workflow import make_project, parse_dry_run
+
+    project = make_project(tmp_path / "p", overrides={"postprocess": {"fitted": "earlier/demo_mae"}})
+    earlier = project.root / "earlier" / "demo_mae"
+    first, _ = data_update
+    a = tmp_path / "a.h5ad"
+    first.write_h5ad(a)
+    run_postprocess(str(a), out_path=str(earlier / "base.h5ad"), method="base", params={})
+    run = project.snakemake("-n", check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Job stats" not in output
+    assert "config key postprocess.fitted" in output and "earlier/demo_mae/pca_ica.h5ad" in output
+    run_postprocess(str(a), out_path=str(earlier / "pca_ica.h5ad"), method="pca_ica",
+                    params={"n_components": 3, **FAST_ICA})
+    run = project.snakemake("-n", check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "postprocess" in {job.rule for job in parse_dry_run(run.stdout + "\n" + run.stderr)}
