@@ -107,3 +107,33 @@ def test_the_workflow_applies_the_stored_fits_and_checks_them_in_the_dry_run(dat
     run = project.snakemake("-n", check=False)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert "postprocess" in {job.rule for job in parse_dry_run(run.stdout + "\n" + run.stderr)}
+
+
+@pytest.mark.slow
+def test_workflow_rerun_with_a_new_plate_and_frozen_fits(reference_run, tmp_path):
+    """The whole workflow: the tiny demo, then the same project with plate P02 added and
+    postprocess.fitted set to the first run's postprocess folder: the first run's wells keep
+    bit-identical coordinates in every method's output, and the outputs say they were frozen."""
+    import shutil
+
+    import pandas as pd
+    from helpers_workflow import REPO, copy_project
+
+    project = copy_project(reference_run, tmp_path / "project")
+    model = project.config()["model"]["id"]
+    first = project.results() / "postprocess" / model
+    frozen = project.root / "frozen" / model
+    shutil.copytree(first, frozen)
+    project.update_config({"postprocess": {"fitted": f"frozen/{model}"}})
+    demo_sheet = pd.read_csv(REPO / "config" / "plates.tsv", sep="\t", dtype=str, keep_default_na=False)
+    project.write_sheet(pd.concat([project.sheet(), demo_sheet[demo_sheet["plate"] == "P02"]],
+                                  ignore_index=True))
+    methods = sorted(project.config()["postprocess"]["methods"])
+    project.run(*(f"{project.results_folder}/postprocess/{model}/{m}.h5ad" for m in methods))
+    for method in methods:
+        old = ad.read_h5ad(frozen / f"{method}.h5ad")
+        new = ad.read_h5ad(first / f"{method}.h5ad")
+        assert set(new.obs["plate"]) == set(old.obs["plate"]) | {"P02"}
+        np.testing.assert_array_equal(new[old.obs_names].X, old.X)
+        assert bool(new.uns["method"]["frozen"])
+        assert new.uns["method"]["frozen_from"] == f"frozen/{model}/{method}.h5ad"
