@@ -54,13 +54,13 @@ def test_canonical_sorts_keys_and_keeps_list_order():
 
 def test_numbers_take_the_type_of_their_schema_key():
     config = validate_config({"train": {"grad_clip": 1, "epochs": 8.0, "nproc": 2.0},
-                              "identifiability": {"ica_components": 0.5, "linear_ridge": 2,
+                              "identifiability": {"k": 8.0, "linear_ridge": 2,
                                                   "weight_decays": [0, 0.05]},
                               "postprocess": {"methods": {"pca": {"n_components": 32.0}}}})
     assert repr(config["train"]["grad_clip"]) == "1.0"      # number
     assert repr(config["train"]["epochs"]) == "8"           # integer
     assert repr(config["train"]["nproc"]) == "2"            # auto or an integer
-    assert repr(config["identifiability"]["ica_components"]) == "0.5"  # a share stays a share
+    assert repr(config["identifiability"]["k"]) == "8"  # "stable" or an integer
     assert repr(config["identifiability"]["linear_ridge"]) == "2.0"
     assert repr(config["identifiability"]["weight_decays"]) == "[0.0, 0.05]"
     # a method's parameters are free-form: left as written
@@ -82,16 +82,20 @@ def test_every_rule_param_is_canonical():
             if not re.match(r"^\s*params:\s*$", line):
                 continue
             indent = len(line) - len(line.lstrip()) + 4
+            entries: list[str] = []  # one per param, continuation lines (snakefmt) joined
             for entry in lines[i + 1:]:
                 if entry.strip() and len(entry) - len(entry.lstrip()) < indent:
                     break
-                if len(entry) - len(entry.lstrip()) == indent and entry.strip():
-                    value = entry.strip().split("=", 1)[1]
-                    if not (value.startswith("canonical(")
-                            or value.startswith("lambda wildcards: canonical(")):
-                        problems.append(f"{path.name}: {entry.strip()}")
-                    if re.search(r"<results>|<logs>|[\"']results/|[\"']logs/", value):
-                        problems.append(f"{path.name}: a results path in params: {entry.strip()}")
+                if re.match(r"^\s*\w+=", entry) and len(entry) - len(entry.lstrip()) == indent:
+                    entries.append(entry.strip())
+                elif entry.strip() and entries:
+                    entries[-1] += " " + entry.strip()
+            for entry in entries:
+                value = entry.split("=", 1)[1]
+                if not (value.startswith("canonical(") or value.startswith("lambda wildcards: canonical(")):
+                    problems.append(f"{path.name}: {entry}")
+                if re.search(r"<results>|<logs>|[\"']results/|[\"']logs/", value):
+                    problems.append(f"{path.name}: a results path in params: {entry}")
     assert not problems, problems
 
 
@@ -400,7 +404,7 @@ def test_aggregated_rules_are_the_rules_before_collect_results(tmp_path):
                      "P1,A01,W1,DMSO,0.1,0.2\nP1,A02,W1,c1,0.3,0.1\n")
     write_config(project, {"source": "profiles", "profiles": {"path": "profiles.csv"}})
     profiles = {job.rule for job in project.dry_run("results/phenoica.h5ad", "--configfile", "my.yaml")}
-    assert profiles == listed - {"simulate_design", "simulate_plate", "ingest_plate", "train_model",
+    assert profiles == listed - {"simulate_design", "simulate_plate", "ingest_plate", "publish_plate", "train_model",
                                  "embed_plate", "collect_wells"}
 
 

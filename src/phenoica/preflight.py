@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import fnmatch
 import functools
 import gzip
 import lzma
@@ -207,6 +208,13 @@ def column_problems(keys: Mapping[str, str | None], columns: Mapping[str, set[st
     return problems
 
 
+def _as_list(value) -> list:
+    """A config value that is one item, a list of them, or null, as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _raise(problems: list[str]) -> None:
     if problems:
         raise ConfigError("the config does not fit the data:\n  " + "\n  ".join(problems))
@@ -267,18 +275,33 @@ class DataChecks:
         header = read_header(path)
         present = set(header)
         problems = []
-        for key in ("batch_col", "perturbation_col", "control_col", "plate_col", "well_col"):
+        for key in ("batch_col", "perturbation_col", "control_col", "well_col"):
             if profiles[key] is not None and profiles[key] not in present:
                 problems.append(f"config key profiles.{key}: column {profiles[key]!r} is not in {path}")
-        for key in ("label_cols", "feature_cols"):
-            missing = [c for c in (profiles[key] or []) if c not in present]
+        plate_cols = _as_list(profiles["plate_col"])
+        missing = [c for c in plate_cols if c not in present]
+        if missing:
+            problems.append(f"config key profiles.plate_col: column(s) {missing} are not in {path}")
+        missing = [c for c in (profiles["label_cols"] or []) if c not in present]
+        if missing:
+            problems.append(f"config key profiles.label_cols: column(s) {missing} are not in {path}")
+        feature_cols = profiles["feature_cols"]
+        if isinstance(feature_cols, str):  # one glob pattern
+            features = {c for c in header if fnmatch.fnmatchcase(c, feature_cols)}
+            if not features:
+                problems.append(f"config key profiles.feature_cols: no column of {path} matches the "
+                                f"pattern {feature_cols!r}")
+        else:
+            features = set(feature_cols or [])
+            missing = [c for c in (feature_cols or []) if c not in present]
             if missing:
-                problems.append(f"config key profiles.{key}: column(s) {missing} are not in {path}")
+                problems.append(f"config key profiles.feature_cols: column(s) {missing} are not in {path}")
         if problems:
             meta = [c for c in header if c.startswith("Metadata_")]
             _raise([*problems, f"(the Metadata_ columns of {path}: {meta})"])
-        roles = {profiles[k] for k in ("batch_col", "perturbation_col", "plate_col", "well_col")}
-        features = set(profiles["feature_cols"] or [])
+        roles = {profiles[k] for k in ("batch_col", "perturbation_col", "well_col")}
+        if len(plate_cols) == 1:  # several plate columns stay obs columns beside the joined plate
+            roles |= set(plate_cols)
         # without feature_cols every numeric column is a feature, which the header cannot tell:
         # every column may become an obs column
         return set(PROFILE_OBS_COLUMNS) | {normalize_column_name(c) for c in header
