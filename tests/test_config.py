@@ -106,7 +106,8 @@ OTHER_SECTIONS: dict[str, str] = {
     "labels": "routed by the workflow: biology -> bio_key of run_scores and run_method_report, and the "
               "benchmark's labels",
     "postprocess": "methods: per-method parameters (class defaults, METHOD_PARAM_DOCS); fit_on, layer "
-                   "and train_batches: passed whole to run_postprocess (not converted yet)",
+                   "and train_batches: passed whole to run_postprocess (not converted yet); fitted: "
+                   "one stored fit file per output, a rule input (fitted= of run_postprocess)",
     "resources": "read by the workflow (threads, memory, GPUs of each rule)",
     "rotation_null": "split by the workflow: n_rotations and first_seed -> run_rotation_null (one null "
                      "per PCA+Rand output), n_bootstrap and bootstrap_seed -> collect_results (the "

@@ -1,5 +1,7 @@
 """Atomic writes and the AnnData contract helpers."""
 
+import os
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -102,3 +104,30 @@ def test_stale_partials_of_a_name_with_glob_metacharacters(tmp_path):
         tmp.write_text("done")
     assert target.read_text() == "done"
     assert not stale.exists() and other.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_atomic_outputs_get_the_umask_mode_not_0600(tmp_path, umask):
+    """Results are readable as the umask allows (a plain open() / mkdir), not tempfile's 0600."""
+    from phenoica.io.atomic import atomic_write_text, process_umask
+
+    old = os.umask(umask)
+    process_umask.cache_clear()
+    try:
+        assert process_umask() == umask
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        (tmp_path / "plain_dir").mkdir()
+        atomic_write_text(tmp_path / "out.txt", "x")
+        write_tsv(pd.DataFrame({"a": [1]}), tmp_path / "out.tsv")
+        write_h5ad(ad.AnnData(X=np.zeros((2, 2), dtype=np.float32)), tmp_path / "out.h5ad")
+        with atomic_path(tmp_path / "out_dir", is_dir=True) as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+        process_umask.cache_clear()
+    mode = plain.stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask
+    for name in ("out.txt", "out.tsv", "out.h5ad"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+    assert (tmp_path / "out_dir").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777

@@ -46,13 +46,16 @@ def _uns_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def assemble(wells: ad.AnnData, methods: Mapping[str, ad.AnnData]) -> ad.AnnData:
-    """Wells AnnData + one ``obsm["X_<method>"]`` per post-processing output."""
+    """Wells AnnData + one ``obsm["X_phenoica_<method>"]`` per post-processing output
+    (:func:`phenoica.identifiers.obsm_key`: never one of scanpy's own keys such as ``X_pca``)."""
+    from .identifiers import obsm_key
+
     out = wells.copy()
     fitted = {}
     for name, post in methods.items():
         if list(post.obs_names) != list(out.obs_names):
             raise ValueError(f"post-processed {name!r} has different wells than the collected wells")
-        out.obsm[f"X_{sanitize_key(name)}"] = np.asarray(post.X, dtype=np.float32)
+        out.obsm[obsm_key(sanitize_key(name))] = np.asarray(post.X, dtype=np.float32)
         if "method" in post.uns:
             fitted[sanitize_key(name)] = post.uns["method"]
     out.uns["postprocess"] = fitted

@@ -339,7 +339,7 @@ def _methods_reference() -> list[str]:
     lines = ["", "### `postprocess.methods`: the algorithms and their parameters", "",
              "Each entry is `output name: {method: <algorithm>, <parameter>: <value>, ...}`; "
              "`method` defaults to the output name, so `pca_ica: {n_components: 32}` runs PCA+ICA and "
-             "`ica64: {method: pca_ica, n_components: 64}` adds a second PCA+ICA as `obsm[\"X_ica64\"]`.",
+             "`ica64: {method: pca_ica, n_components: 64}` adds a second PCA+ICA as `obsm[\"X_phenoica_ica64\"]`.",
              "", "| algorithm | what | parameters (default) |", "|---|---|---|"]
     for name in METHOD_NAMES:
         cls = METHODS[name]

@@ -11,8 +11,13 @@ from .errors import InputError
 #: are filled from here by :func:`phenoica.config.load_schema`) and the Snakefile's wildcard
 #: constraints use it (``IDENTIFIER`` in workflow/rules/common.smk).
 IDENTIFIER_PATTERN = "[A-Za-z0-9][A-Za-z0-9_.-]*"
-#: Post-processing output names (``obsm["X_<name>"]``, a path component): no dots or dashes.
+#: Post-processing output names (``obsm["X_phenoica_<name>"]``, a path component): no dots or dashes.
 METHOD_NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9_]*"
+#: Prefix of the obsm keys of phenoica's representations. scanpy owns ``X_pca``, ``X_umap``,
+#: ``X_tsne``, ``X_diffmap``, ``X_draw_graph_<layout>``, ``X_pca_harmony`` ...
+#: (``sc.pp.pca`` overwrites ``X_pca``); ``X_phenoica_<name>`` collides with none of them and
+#: keeps scanpy's ``X_`` prefix, so ``sc.pl.embedding(adata, basis="phenoica_pca_ica")`` works.
+OBSM_PREFIX = "X_phenoica_"
 IDENTIFIER_RE = re.compile(f"^{IDENTIFIER_PATTERN}$")
 _WELL_RE = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*([0-9]{1,3})\s*$")
 
@@ -27,6 +32,12 @@ def check_identifier(value: object, what: str, source: str | None = None) -> str
             f"(must start with a letter or digit; no path separators or spaces)",
         )
     return text
+
+
+def obsm_key(name: str) -> str:
+    """The obsm key of post-processing output ``name``: ``X_phenoica_<name>`` (``pca`` ->
+    ``X_phenoica_pca``, never scanpy's ``X_pca``)."""
+    return f"{OBSM_PREFIX}{str(name).replace('/', '_')}"
 
 
 def row_letters(row: int) -> str:

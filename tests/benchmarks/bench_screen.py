@@ -10,7 +10,8 @@ pca_ica, pca_rand (128 components), centerscale, tvn; ``fit_on: controls``; no b
 every other key at its schema default. Each stage calls the function its rule calls, on the
 arrays instead of files:
 
-- ``postprocess``: :func:`phenoica.postprocess.run.postprocess_wells` (rule ``postprocess``);
+- ``postprocess``: :func:`phenoica.tl.postprocess` on the wells fitted on as ``fit_on`` says
+  (:func:`phenoica.postprocess.run.run_postprocess`, rule ``postprocess``, is read, this, write);
 - ``scores``: :func:`phenoica.metrics.separation.compute_scores` (rule ``score_separation``);
 - ``benchmarks``: :func:`phenoica.benchmarks.generalization.evaluate_method` (rule
   ``benchmark_generalization``: the method refitted in every fold, then every default task).
@@ -88,13 +89,15 @@ def child(n_wells: int, methods: list[str], threads: int, seed: int) -> dict:
     from phenoica.workflow import set_threads
 
     set_threads(threads)
+    import anndata as ad
     import numpy as np
 
+    from phenoica import tl
     from phenoica.benchmarks.generalization import evaluate_method
     from phenoica.benchmarks.screen import synthetic_screen
     from phenoica.config import schema_defaults
     from phenoica.metrics.separation import compute_scores
-    from phenoica.postprocess.run import postprocess_wells
+    from phenoica.postprocess.methods import fitting_mask
 
     n_batches = max(2, round(n_wells / WELLS_PER_BATCH))
     with PeakRSS() as gen:
@@ -108,13 +111,15 @@ def child(n_wells: int, methods: list[str], threads: int, seed: int) -> dict:
     for method in methods:
         params = METHODS[method]
         with PeakRSS() as stage:
-            Z, model, _ = postprocess_wells(X, obs, method=method, params=params, fit_on=FIT_ON)
+            wells = ad.AnnData(X, obs=obs)
+            tl.postprocess(wells, method, key_added="postprocess", fit_mask=fitting_mask(obs, FIT_ON, None),
+                           **params)
         out["rows"].append((method, "postprocess", stage.seconds, stage.peak))
+        Z, names = wells.obsm["postprocess"], list(wells.uns["postprocess"]["component_names"])
         with PeakRSS() as stage:
-            compute_scores(np.asarray(Z), obs, method=method, names=model.component_names(Z.shape[1]),
-                           bio_key=None, **scores_kwargs)
+            compute_scores(np.asarray(Z), obs, method=method, names=names, bio_key=None, **scores_kwargs)
         out["rows"].append((method, "scores", stage.seconds, stage.peak))
-        del Z, model
+        del Z, wells
         parts: dict[str, float] = {}
         with PeakRSS() as stage:
             table = evaluate_method(X, obs, method, params, fit_on=FIT_ON, labels=labels,

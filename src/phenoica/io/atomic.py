@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import shutil
@@ -17,7 +18,10 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
 
     On any exception the temporary file (or folder) is removed and an existing ``path``
     from an earlier run is left untouched. The temporary name starts with '.' and ends in
-    '.partial' so it is never mistaken for a finished output.
+    '.partial' so it is never mistaken for a finished output. The finished output gets the
+    mode a plain ``open()`` (``os.makedirs``) would give it under the process umask, not the
+    0600 (0700) of ``tempfile``: collaborators on a shared file system can read results when
+    the umask lets them.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +35,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     try:
         yield tmp
         if is_dir:
+            os.chmod(tmp, 0o777 & ~process_umask())
             if final.exists():
                 old = final.with_name(f".{final.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -41,6 +46,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
                 tmp.rename(final)
         else:
             _fsync_file(tmp)
+            os.chmod(tmp, 0o666 & ~process_umask())
             os.replace(tmp, final)
     except BaseException:
         if tmp.is_dir():
@@ -49,6 +55,20 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+@functools.cache
+def process_umask() -> int:
+    """The process umask, read once. Linux reports it in /proc/self/status, which reads it
+    without changing it; elsewhere it is set and restored at once (``os.umask`` has no read-only
+    form), which is done only on the first call."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_partials(final: Path) -> None:

@@ -461,6 +461,7 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
     AnnData has ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``; the ICA stability index
     and threshold come from the fitted method in ``uns["method"]`` (:func:`method_stability`).
     """
+    from .. import tl
     from ..io import read_h5ad, write_tsv
 
     scores = section_values(run_scores, locals())
@@ -468,18 +469,11 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
         adata = read_h5ad(postprocessed_path)
     except (OSError, KeyError) as exc:
         raise InputError(postprocessed_path, f"cannot read as AnnData: {exc}") from exc
-    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    truth = {key: adata.obsm[key] for key in ("truth_biology", "truth_batch") if key in adata.obsm}
-    try:
-        stability, threshold = method_stability(adata.uns)
-        if stability is not None and len(stability) != adata.n_vars:
-            raise InputError("uns", f"the stored method has {len(stability)} stability values for "
-                                    f"{adata.n_vars} components")
-        long, _ = compute_scores(X, adata.obs, method=method, names=list(adata.var_names),
-                                 truth=truth, bio_key=bio_key or None, stability=stability,
-                                 stability_threshold=threshold, **scores)
+    try:  # the notebook verb: read, phenoica.tl.score, write
+        long = tl.score(adata, use_rep="X", method=method, bio_key=bio_key or None, **scores)
     except InputError as exc:
-        raise InputError(postprocessed_path, f"{exc.source}: {exc.problem}") from exc
+        where = "" if exc.source == "adata" else f"{exc.source}: "
+        raise InputError(postprocessed_path, f"{where}{exc.problem}") from exc
     write_tsv(long, out_tsv)
     log.info("scores for %s: %d rows -> %s", method, len(long), out_tsv)
 

@@ -11,11 +11,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..io import read_h5ad, sanitize_uns, write_h5ad
 from ..logs import get_logger
 from ..provenance import add_record
-from .methods import fitting_mask, make_method
+from .methods import fitting_mask
 
 log = get_logger(__name__)
 
@@ -41,75 +41,133 @@ def select_layer(adata: ad.AnnData, layer: str | int | None, source: str = "well
     return np.asarray(X, dtype=np.float32)
 
 
-def postprocess_wells(X: np.ndarray, obs: pd.DataFrame, *, method: str, params: dict | None = None,
-                      fit_on: str = "all", train_batches: list[str] | None = None):
-    """Fit ``method`` on the fitting set of ``X`` and transform every well: the computation of
-    the ``postprocess`` rule without the files -> ``(Z float32, fitted method, fitting mask)``."""
-    model = make_method(method, **dict(params or {}))
-    mask = fitting_mask(obs, fit_on, train_batches)
-    log.info("%s: fitting on %d of %d wells (fit_on=%s), %d features", method, int(mask.sum()),
-             len(obs), fit_on, X.shape[1])
-    model.fit(X[mask], obs.iloc[np.flatnonzero(mask)])
-    Z = model.transform(X, obs)
-    log.info("%s: %d wells -> %d components", method, Z.shape[0], Z.shape[1])
-    return Z, model, mask
-
-
 def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict | None = None,
                     fit_on: str = "all", layer: str | None = None,
-                    train_batches: list[str] | None = None) -> None:
+                    train_batches: list[str] | None = None, fitted: str | None = None) -> None:
     """Fit ``method`` on the fitting set of the wells AnnData and write the transformed wells.
 
-    The output has the same ``obs`` (and ground-truth ``obsm`` DataFrames), ``X`` = the
+    With ``fitted`` (config key ``postprocess.fitted``: an earlier run's
+    ``postprocess/<model>/<method>.h5ad``) nothing is fitted: the stored fit is applied to the
+    wells (:func:`phenoica.tl.apply`), so every well of the earlier run keeps its coordinates and
+    every component its meaning; see :func:`run_frozen`.
+
+    Read, :func:`phenoica.tl.postprocess`, write: the notebook verb is the computation. The
+    output has the same ``obs`` (and ground-truth ``obsm`` DataFrames), ``X`` = the
     representation (float32, one variable per component), ``uns["method"]`` = name, state (to
     re-apply without refitting), params (JSON text and a storable copy), fit_on, transductive,
     and a provenance record under ``uns["phenoica"]``.
     """
+    from .. import tl
+
+    if fitted:
+        run_frozen(wells_path, out_path=out_path, method=method, layer=layer, fitted=fitted)
+        return
     params = dict(params or {})
+    adata = _read_wells(wells_path)
+    use_rep = None if layer is None or str(layer) == "" else layer
     try:
-        adata = read_h5ad(wells_path)
+        mask = fitting_mask(adata.obs, fit_on, train_batches)
+        log.info("%s: fitting on %d of %d wells (fit_on=%s)", method, int(mask.sum()), adata.n_obs,
+                 fit_on)
+        tl.postprocess(adata, method, use_rep=use_rep, key_added="postprocess", fit_mask=mask,
+                       **params)
+    except InputError as exc:
+        raise _in_file(exc, wells_path) from exc
+    entry = adata.uns["postprocess"]
+    meta = {"fit_on": fit_on, "train_batches": sanitize_uns(list(train_batches or [])),
+            "layer": "" if layer is None else str(layer), "n_fit": int(mask.sum())}
+    full_params = json.loads(str(entry["state"]["params_json"]))
+    _write_output(adata, entry, meta, wells_path=wells_path, out_path=out_path,
+                  record_params={"method": method, "params": full_params, "fit_on": fit_on,
+                                 "layer": layer, "train_batches": train_batches})
+
+
+def run_frozen(wells_path: str, *, out_path: str, method: str, layer: str | None, fitted: str) -> None:
+    """Apply the fit stored in ``fitted`` (a ``postprocess/<model>/<method>.h5ad``) to the wells
+    and write the workflow's file. ``uns["method"]`` keeps the stored fit's name, params,
+    fit_on, train_batches and n_fit (they describe the fit) and adds ``frozen: True``,
+    ``frozen_from`` (the file) and ``frozen_sha256``."""
+    from .. import tl
+    from ..provenance import file_sha256
+
+    try:
+        stored = read_h5ad(fitted)
+    except (OSError, KeyError) as exc:
+        raise InputError(fitted, f"cannot read as AnnData (config key postprocess.fitted): {exc}") from exc
+    source = stored.uns.get("method", {})
+    if "state" not in source:
+        raise InputError(fitted, "holds no fitted post-processing method (config key postprocess.fitted)")
+    if str(source.get("name")) != method:
+        raise InputError(fitted, f"holds a fit of {source.get('name')!r}, not of {method!r} (config key "
+                                 "postprocess.fitted)")
+    stored_layer = str(source.get("layer", ""))
+    if stored_layer != ("" if layer is None else str(layer)):
+        raise InputError(fitted, f"was fitted on layer {stored_layer or 'X'!r}, the config's postprocess.layer "
+                                 f"is {layer or 'X'!r} (config key postprocess.fitted)")
+    adata = _read_wells(wells_path)
+    sha = file_sha256(fitted)
+    try:
+        tl.apply(adata, dict(source), use_rep=layer or None, key_added="postprocess")
+    except InputError as exc:
+        raise _in_file(exc, wells_path) from exc
+    entry = adata.uns["postprocess"]
+    entry["params"], entry["params_json"] = source["params"], str(source["params_json"])
+    meta = {"fit_on": str(source["fit_on"]), "train_batches": source.get("train_batches", []),
+            "layer": stored_layer, "n_fit": int(source["n_fit"]), "frozen": True,
+            "frozen_from": str(fitted), "frozen_sha256": sha}
+    log.info("%s: applying the stored fit of %s (sha256 %s, fitted on %d wells) without refitting",
+             method, fitted, sha[:12], meta["n_fit"])
+    full_params = json.loads(str(entry["state"]["params_json"]))
+    _write_output(adata, entry, meta, wells_path=wells_path, out_path=out_path, inputs=[fitted],
+                  record_params={"method": method, "params": full_params, "fit_on": meta["fit_on"],
+                                 "layer": layer, "frozen_from": str(fitted), "frozen_sha256": sha})
+
+
+def _read_wells(wells_path: str) -> ad.AnnData:
+    try:
+        return read_h5ad(wells_path)
     except (OSError, KeyError) as exc:
         raise InputError(wells_path, f"cannot read as AnnData: {exc}") from exc
-    X = select_layer(adata, layer, wells_path)
-    obs = adata.obs
-    try:
-        Z, model, mask = postprocess_wells(X, obs, method=method, params=params, fit_on=fit_on,
-                                           train_batches=train_batches)
-    except InputError as exc:
-        if exc.source and exc.source != str(wells_path):
-            raise InputError(wells_path, f"{exc.source}: {exc.problem}") from exc
-        raise
-    except ConfigError:
-        raise
 
-    if model.keeps_features and layer is None and Z.shape[1] == adata.n_vars:
-        var_names = [str(v) for v in adata.var_names]
-    else:
-        var_names = model.component_names(Z.shape[1])
-    out = ad.AnnData(X=Z, obs=obs.copy(), var=pd.DataFrame(index=pd.Index(var_names, dtype=str)))
+
+def _in_file(exc: InputError, wells_path: str) -> InputError:
+    if exc.source == "adata":  # phenoica.tl's name for the AnnData it was given
+        return InputError(wells_path, exc.problem)
+    if exc.source and exc.source != str(wells_path):
+        return InputError(wells_path, f"{exc.source}: {exc.problem}")
+    return exc
+
+
+def _write_output(adata: ad.AnnData, entry, meta: dict, *, wells_path: str, out_path: str,
+                  record_params: dict, inputs: list[str] | None = None) -> None:
+    """The workflow's file: ``X`` = ``obsm[entry["obsm_key"]]`` of ``adata`` (as written by a
+    :mod:`phenoica.tl` verb), the fitted method under ``uns["method"]``."""
+    Z = adata.obsm[entry["obsm_key"]]
+    var_names = [str(v) for v in entry["component_names"]]
+    out = ad.AnnData(X=Z, obs=adata.obs.copy(), var=pd.DataFrame(index=pd.Index(var_names, dtype=str)))
     for key in TRUTH_KEYS:
         if key in adata.obsm:
             out.obsm[key] = adata.obsm[key]
     if "phenoica" in adata.uns:
         out.uns["phenoica"] = adata.uns["phenoica"]
     out.uns["method"] = {
-        "name": method,
-        "state": sanitize_uns(model.to_state()),
-        "params": sanitize_uns(params),
-        "params_json": json.dumps(params, sort_keys=True, default=str),
-        "fit_on": fit_on,
-        "train_batches": sanitize_uns(list(train_batches or [])),
-        "layer": "" if layer is None else str(layer),
-        "transductive": bool(model.transductive),
-        "n_fit": int(mask.sum()),
+        "name": str(entry["name"]),
+        "state": entry["state"],
+        "params": entry["params"],
+        "params_json": entry["params_json"],
+        "fit_on": meta.pop("fit_on"),
+        "train_batches": meta.pop("train_batches"),
+        "layer": meta.pop("layer"),
+        "transductive": bool(entry["transductive"]),
+        "n_fit": meta.pop("n_fit"),
+        **meta,
     }
-    seeds = {k: v for k, v in model.params.items() if k == "seed"}
-    add_record(out.uns, "postprocess", params={"method": method, "params": model.params,
-                                                "fit_on": fit_on, "layer": layer,
-                                                "train_batches": train_batches},
-               seeds=seeds, inputs=[wells_path])
+    seeds = {k: v for k, v in record_params["params"].items() if k == "seed"}
+    add_record(out.uns, "postprocess", params=record_params, seeds=seeds,
+               inputs=[wells_path, *(inputs or [])])
     write_h5ad(out, out_path)
-    log.info("wrote %s (%s)", out_path, _size(out_path))
+    log.info("%s: %d wells -> %d components; wrote %s (%s)", entry["name"], out.n_obs, out.n_vars,
+             out_path, _size(out_path))
 
 
 def _size(path: str) -> str:
