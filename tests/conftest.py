@@ -74,6 +74,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch and the BLAS pools on one thread for a whole module: on 2 shared cores their thread
+    pools only oversubscribe (use with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Project:
     """The tiny demo, run once locally to completion: the outputs every other run must equal.

@@ -90,8 +90,8 @@ SECTION_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "scores": ("phenoica.metrics.separation:run_scores", "phenoica.metrics.separation:compute_scores"),
     "profiles": ("phenoica.profiles:collect_profiles", "phenoica.profiles:load_profiles"),
     "validation": ("phenoica.validation:run_validation_controls",),
-    "benchmark": ("phenoica.benchmarks.generalization:run_generalization",
-                  "phenoica.benchmarks.generalization:evaluate_method"),
+    # run_generalization passes the section on to evaluate_method (**section)
+    "benchmark": ("phenoica.benchmarks.generalization:evaluate_method",),
     "identifiability": ("phenoica.benchmarks.identifiability:alignment_table",
                         "phenoica.benchmarks.identifiability:summarize_alignment",
                         "phenoica.benchmarks.identifiability:isometry_table"),

@@ -5,21 +5,12 @@ independent sources; switched on independently, the same mechanisms are recovere
 from __future__ import annotations
 
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 from phenoica.demo_science import mechanism_recovery, mechanism_wells
 from phenoica.simulate.design import design_screen
 from phenoica.simulate.params import DEFAULT_PARAMS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_exclusive_mechanisms_are_not_recovered_independent_ones_are():

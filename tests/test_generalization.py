@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 from scipy.stats import ortho_group
-from threadpoolctl import threadpool_limits
 
 from phenoica.benchmarks import generalization as gen
 from phenoica.benchmarks.checks import check_benchmark_methods
@@ -81,14 +80,7 @@ def recording_factory(name: str, **params) -> Recording:
     return method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: BLAS/torch thread pools only oversubscribe them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 FAST = {**schema_defaults("benchmark"), "retrieval_permutations": 200}
@@ -417,7 +409,6 @@ def test_batched_probes_equal_scikit_learn_fitted_one_by_one(wells, per_case):
 
 
 def test_batched_l2_probes_match_scikit_learn_coefficients():
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     from phenoica.benchmarks.logistic import ProbeData, fit_l2_probes, fit_small_probes

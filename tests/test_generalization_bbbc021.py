@@ -11,9 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from helpers_data import BBBC021, REPO
-from threadpoolctl import threadpool_limits
 
 from phenoica.benchmarks import generalization as gen
 from phenoica.config import schema_defaults
@@ -30,13 +28,7 @@ REFERENCE = {"pca": (0.777, 0.563), "pca_ica": (0.777, 0.563), "pca_rand": (0.77
 REFERENCE_LOWO_PCA = 0.516
 TOL = 0.035
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def load_bbbc021() -> ad.AnnData:

@@ -7,10 +7,8 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from test_generalization import make_wells
 from test_postprocess import BBBC021
-from threadpoolctl import threadpool_limits
 
 from phenoica import nulls
 from phenoica.benchmarks import generalization as gen
@@ -24,13 +22,7 @@ from phenoica.postprocess import make_method, run_postprocess
 FAST = {**schema_defaults("benchmark"), "label": "mechanism", "tasks": ["auroc"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from helpers_workflow import make_project
 from scipy.stats import kurtosis
-from threadpoolctl import threadpool_limits
 
 from phenoica import validation as val
 from phenoica.config import schema_defaults
@@ -25,13 +23,7 @@ SMALL = {**{k: v for k, v in schema_defaults("validation").items()
          "n_features": 32, "controls_per_batch": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

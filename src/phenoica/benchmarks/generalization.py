@@ -996,18 +996,7 @@ def run_generalization(wells_path: str, out_tsv: str, method: str, method_params
                        relations_path: str | None = None, layer: str | None = None,
                        name: str | None = None, fit_on: str = "all",
                        labels: Mapping[str, Any] | None = None,
-                       method_factory: MethodFactory | None = None, *,
-                       split: str, n_folds: int, max_lobo_batches: int, tasks: Sequence[str],
-                       label: str | None, dose: str | None, label_exclude: Sequence[str],
-                       auroc_by: str, min_wells: int, probe_c_l2: float, probe_c_l1: float,
-                       top_k: int, probe_max_iter: int, probe_scaling: str,
-                       probe_controls_per_case: int | None, cross_controls: float,
-                       auroc_max_perturbations: int | None, classify_by: str | None,
-                       classifier_c: float, knn_k: int, knn_metric: str,
-                       classify_max_classes: int | None, retrieval_permutations: int,
-                       fdr_alpha: float, retrieval_chunk_size: int,
-                       relationship_percentiles: Sequence[float], relationship_reference: str,
-                       max_null_entities: int, seed: int) -> None:
+                       method_factory: MethodFactory | None = None, **section: Any) -> None:
     """The ``benchmark_generalization`` rule: held-out-batch benchmarks of one post-processing
     method on a wells AnnData -> long TSV (columns ``TABLE_COLUMNS``, written atomically).
 
@@ -1015,24 +1004,11 @@ def run_generalization(wells_path: str, out_tsv: str, method: str, method_params
     ``relations_path``: related-pairs table for the relationships task; ``layer``: None for
     ``X`` or an ``obsm`` key (``X_layer2``); ``name``: the ``method`` column (default ``method``);
     ``fit_on``: postprocess.fit_on (``all`` or ``controls``); ``labels``: the workflow's
-    ``labels`` section. The keyword-only arguments are the ``benchmark`` config section (see
-    :func:`evaluate_method`).
+    ``labels`` section. ``section``: the ``benchmark`` config section without its workflow-only
+    keys, passed on to :func:`evaluate_method` (whose keyword-only arguments they are).
     """
     from ..postprocess.run import select_layer
 
-    section = dict(split=split, n_folds=n_folds, max_lobo_batches=max_lobo_batches, tasks=tasks,
-                   label=label, dose=dose, label_exclude=label_exclude, auroc_by=auroc_by,
-                   min_wells=min_wells, probe_c_l2=probe_c_l2, probe_c_l1=probe_c_l1, top_k=top_k,
-                   probe_max_iter=probe_max_iter, probe_scaling=probe_scaling,
-                   probe_controls_per_case=probe_controls_per_case, cross_controls=cross_controls,
-                   auroc_max_perturbations=auroc_max_perturbations, classify_by=classify_by,
-                   classifier_c=classifier_c, knn_k=knn_k, knn_metric=knn_metric,
-                   classify_max_classes=classify_max_classes,
-                   retrieval_permutations=retrieval_permutations, fdr_alpha=fdr_alpha,
-                   retrieval_chunk_size=retrieval_chunk_size,
-                   relationship_percentiles=relationship_percentiles,
-                   relationship_reference=relationship_reference,
-                   max_null_entities=max_null_entities, seed=seed)
     log.info("benchmark %s (%s %s) on %s, benchmark %s, labels %s", name or method, method,
              json.dumps(method_params, sort_keys=True, default=str), wells_path,
              json.dumps(section, sort_keys=True, default=str), json.dumps(dict(labels or {})))

@@ -7,8 +7,7 @@ import anndata.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_getattr
 
 _SOURCES = {
     "read_h5ad": "anndata",
@@ -34,13 +33,7 @@ __all__ = [
     "write_tsv",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _SOURCES)
 
 
 def __dir__() -> list[str]:
