@@ -1,0 +1,49 @@
+# Component galleries (config section gallery): per method, the sites at both extremes of its most
+# biological and most batch-attributed components (image sources) or their top loading features
+# (profiles), with an attribution map naming them. In the report: one subcategory per method.
+
+GALLERY_METHODS = [m for m in METHODS if m in config["gallery"]["methods"]]
+GALLERY_ROOT = "<results>/report/{model}/gallery"
+GALLERY_FIGURES = expand(
+    f"{GALLERY_ROOT}/{{method}}", model=MODEL, method=GALLERY_METHODS
+)
+
+
+def gallery_images(wildcards):
+    """The plate manifests (image sources) or the wells AnnData naming the features (profiles)."""
+    if SOURCE == "profiles":
+        return {"wells": f"{RESULTS}/embeddings/{wildcards.model}/wells.h5ad"}
+    return {
+        "manifests": expand(
+            "{results}/plates/{plate}/manifest.parquet", results=RESULTS, plate=PLATES
+        )
+    }
+
+
+rule component_gallery:
+    input:
+        unpack(gallery_images),
+        adata="<results>/postprocess/{model}/{method}.h5ad",
+        scores="<results>/scores/{model}/{method}.tsv",
+    output:
+        folder=report(
+            directory(f"{GALLERY_ROOT}/{{method}}"),
+            patterns=["{name}.png"],
+            caption="../report/gallery.rst",
+            category="4. Component galleries",
+            subcategory="{method}",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        "<logs>/report/{model}/gallery_{method}.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: rule_threads("component_gallery")
+    resources:
+        **rule_resources("component_gallery"),
+    params:
+        gallery=canonical(section_arguments("gallery", config["gallery"])),
+        channels=canonical(CHANNEL_NAMES),
+        seed=canonical(SEED),
+    script:
+        "../scripts/component_gallery.py"
