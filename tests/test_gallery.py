@@ -226,3 +226,29 @@ def test_profile_gallery_writes_loadings(tmp_path):
         best = np.argsort(-np.abs(corr))[:4]
         assert list(part["feature"]) == [f"Cells_F{i}" for i in best]
         np.testing.assert_allclose(part["loading"], corr[best], atol=2e-4)
+
+
+def test_the_gallery_command_draws_one_component_from_the_results_files(screen, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from phenoica.cli import main
+
+    results = tmp_path / "res"
+    for src, dest in ((screen["post"], "postprocess/m1/pca_ica.h5ad"),
+                      (screen["scores"], "scores/m1/pca_ica.tsv"),
+                      *((p, f"plates/{Path(p).parent.name}/manifest.parquet") for p in screen["manifests"])):
+        (results / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, results / dest)
+    config = {"results": str(results), "model": {"id": "m1"}, "channels": CHANNELS,
+              "gallery": {"channel_colors": {"DNA": "cyan", "Mito": None}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "one" / "IC2.png"
+    out.parent.mkdir()
+    assert main(["gallery", "pca_ica", "IC2", "--configfile", str(tmp_path / "run.yaml"),
+                 "--out", str(out), "--per-side", "2"]) == 0
+    shown = pd.read_csv(out.with_suffix(".tsv"), sep="\t")
+    assert out.stat().st_size > 0 and list(shown.columns) == SITE_COLUMNS
+    assert set(shown["component"]) == {"IC2"} and shown.groupby("side").size().to_dict() == {"high": 2, "low": 2}
+    assert main(["gallery", "pca_ica", "IC99", "--configfile", str(tmp_path / "run.yaml")]) == 2

@@ -522,3 +522,53 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
         pd.concat(records, ignore_index=True).reindex(columns=columns).to_csv(tmp / name, sep="\t",
                                                                              index=False)
     log.info("%s: galleries of %d components in %s", method, len(chosen), out_dir)
+
+
+def component_gallery(config: Mapping | str | os.PathLike, method: str, component: str,
+                      out_png: str | os.PathLike, **overrides) -> pd.DataFrame:
+    """One component's gallery from a finished run's results files, for a notebook or the
+    ``phenoica gallery`` command: the figure at ``out_png`` and its recorded sites (image
+    sources) or loadings (profiles) as a TSV beside it (``<out_png stem>.tsv``), also returned.
+
+    ``config``: the run's config (a mapping or a YAML file; defaults filled from the schema); it
+    names the results folder, the model, the channels, the seed and the ``gallery`` section,
+    whose keys ``overrides`` replace (e.g. ``per_side=8``; ``seed`` replaces the global seed).
+    Reads ``<results>/postprocess/<model>/<method>.h5ad``, ``<results>/scores/<model>/<method>.tsv``
+    and the plate manifests ``<results>/plates/*/manifest.parquet`` (or, for ``source: profiles``,
+    the features of ``<results>/embeddings/<model>/wells.h5ad``); image paths in the manifests
+    are relative to the project folder the workflow ran in."""
+    import copy
+
+    from .config import load_config, section_arguments, validate_config
+
+    config = (load_config(config) if isinstance(config, (str, os.PathLike))
+              else validate_config(copy.deepcopy(dict(config))))
+    settings = {**section_arguments("gallery", config["gallery"]), **overrides}
+    seed = int(settings.pop("seed", config["seed"]))
+    settings.pop("top_n", None)
+    results, model = Path(config["results"]), str(config["model"]["id"])
+    post = results / "postprocess" / model / f"{method}.h5ad"
+    scores = results / "scores" / model / f"{method}.tsv"
+    for path in (post, scores):
+        if not path.is_file():
+            raise InputError(path, f"not found: run the workflow for method {method!r} first "
+                                   "(snakemake --cores N), or check config keys results, model.id "
+                                   "and postprocess.methods")
+    adata = _read_adata(post)
+    components = component_table(scores, method)
+    channels = [str(c["name"]) for c in config["channels"]]
+    manifest, features = None, None
+    if config["source"] == "profiles":
+        features = _feature_names(results / "embeddings" / model / "wells.h5ad")
+    else:
+        paths = sorted(str(p) for p in results.glob("plates/*/manifest.parquet"))
+        if not paths:
+            raise InputError(results / "plates", "holds no plate manifest (*/manifest.parquet)")
+        manifest = read_manifests(paths, channels)
+    table = component_figure(adata, components, component, out_png, method=method,
+                             channels=channels, seed=seed, manifest=manifest, features=features,
+                             **settings)
+    tsv = Path(out_png).with_suffix(".tsv")
+    table.to_csv(tsv, sep="\t", index=False)
+    log.info("wrote %s and %s", out_png, tsv)
+    return table
