@@ -3,6 +3,7 @@ plate manifests, and the loadings of profile inputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -92,6 +93,7 @@ def test_a_batch_component_shows_one_batch_at_one_extreme(screen, tmp_path):
     assert list(shown.columns) == SITE_COLUMNS
     chosen = pd.read_csv(out / "components.tsv", sep="\t")
     assert {f"{c}.png" for c in chosen["component"]} | {"index.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "params.json").read_text())["seed"] == 0
 
     # the ground truth's batch factor that differs most between the batches (a channel's gain),
     # and the component that follows it most closely across wells

@@ -23,6 +23,7 @@ coloured by label) names every component that has a figure.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import __version__
 from .errors import InputError
 from .io.atomic import atomic_path
 from .logs import get_logger
@@ -494,6 +496,7 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
     ``sites.tsv``; else (profiles, ``wells_path`` naming the features): ``<component>.png``
     loading bars and ``loadings.tsv``. Both: ``index.png`` (attribution map) and
     ``components.tsv`` (the shown components, their label, stability, shares and why chosen).
+    ``params.json`` records the seed, the settings, the inputs and the phenoica version.
     The keyword-only arguments are the ``gallery`` config section (config/README.md)."""
     adata = _read_adata(postprocessed_path)
     components = component_table(scores_tsv, method)
@@ -521,6 +524,12 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
                                                                                     LOADING_COLUMNS)
         pd.concat(records, ignore_index=True).reindex(columns=columns).to_csv(tmp / name, sep="\t",
                                                                              index=False)
+        record = {"method": method, "seed": int(seed), "channels": list(channels),
+                  "top_n": int(top_n), **settings, "inputs": [str(postprocessed_path), str(scores_tsv),
+                                                             *map(str, manifest_paths),
+                                                             *([str(wells_path)] if wells_path else [])],
+                  "phenoica": __version__}
+        (tmp / "params.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     log.info("%s: galleries of %d components in %s", method, len(chosen), out_dir)
 
 
