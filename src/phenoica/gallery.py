@@ -261,7 +261,7 @@ def composite(tile: Mapping[str, np.ndarray], colours: Mapping[str, tuple[str, S
 def _title(method: str, row: Mapping) -> str:
     stability = row.get("stability")
     stab = "n/a" if stability is None or not np.isfinite(stability) else f"{stability:.2f}"
-    return (f"{method} {row['component']}: {row['label']} (stability {stab}); batch share "
+    return (f"{method} {row['component']}: {row['label']} (stability {stab})\nbatch share "
             f"{row['batch_share']:.2f}, perturbation share {row['perturbation_share']:.2f}; "
             f"top by {row['chosen_for']}")
 
@@ -381,9 +381,9 @@ def draw_loadings(table: pd.DataFrame, out_png: str | os.PathLike, *, title: str
     ax.set_yticks(range(len(table)), [f"{f} {v:+.2f}" for f, v in zip(table["feature"], table["loading"])],
                   fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_xlabel("loading (change of the feature per SD of the component; correlation when the "
-                  "method standardises)", fontsize=7)
-    ax.set_title(title, fontsize=8, loc="left")
+    ax.set_xlabel("loading: change of the feature per SD of the component\n(the correlation "
+                  "when the method standardises the features)", fontsize=7)
+    fig.suptitle(title, fontsize=8)
     _save(fig, out_png)
 
 
