@@ -202,7 +202,8 @@ def test_methods_without_a_fixed_linear_map_have_no_loadings():
     assert method_loadings(tvn.to_state()) is None
 
 
-def test_profile_gallery_writes_loadings(tmp_path):
+@pytest.mark.parametrize("method,kind", [("pca", "loading"), ("tvn", "correlation")])
+def test_profile_gallery_writes_loadings(tmp_path, method, kind):
     from phenoica.metrics.separation import run_scores
     from phenoica.postprocess.run import run_postprocess
 
@@ -214,65 +215,19 @@ def test_profile_gallery_writes_loadings(tmp_path):
     wells = ad.AnnData(X=X.astype(np.float32), obs=obs,
                        var=pd.DataFrame(index=[f"Cells_F{i}" for i in range(6)]))
     wells.write_h5ad(tmp_path / "wells.h5ad")
-    run_postprocess(str(tmp_path / "wells.h5ad"), out_path=str(tmp_path / "pca.h5ad"), method="pca",
+    post_path, scores = str(tmp_path / f"{method}.h5ad"), str(tmp_path / f"{method}.tsv")
+    run_postprocess(str(tmp_path / "wells.h5ad"), out_path=post_path, method=method,
                     params={"n_components": 3, "standardize": True})
-    run_scores(str(tmp_path / "pca.h5ad"), str(tmp_path / "pca.tsv"), "pca", None,
-               **{**schema_defaults("scores"), "mixing": False, "seed": 0})
-    run_component_gallery(str(tmp_path / "pca.h5ad"), str(tmp_path / "pca.tsv"), str(tmp_path / "g"), "pca",
-                          [], 0, [], str(tmp_path / "wells.h5ad"), **{**GALLERY, "top_features": 4})
+    run_scores(post_path, scores, method, None, **{**schema_defaults("scores"), "mixing": False, "seed": 0})
+    run_component_gallery(post_path, scores, str(tmp_path / "g"), method, [], 0, [],
+                          str(tmp_path / "wells.h5ad"), **{**GALLERY, "top_n": 3, "top_features": 4})
     table = pd.read_csv(tmp_path / "g" / "loadings.tsv", sep="\t")
-    post = ad.read_h5ad(tmp_path / "pca.h5ad")
+    assert list(table.columns) == LOADING_COLUMNS and set(table["kind"]) == {kind}
+    post = ad.read_h5ad(post_path)
+    assert set(table["component"]) == set(post.var_names)
     for comp, part in table.groupby("component"):
         j = list(post.var_names).index(comp)
         corr = np.corrcoef(X.T, post.X[:, j].astype(np.float64))[:6, 6]
         best = np.argsort(-np.abs(corr))[:4]
         assert list(part["feature"]) == [f"Cells_F{i}" for i in best]
         np.testing.assert_allclose(part["loading"], corr[best], atol=2e-4)
-
-
-def test_the_gallery_command_draws_one_component_from_the_results_files(screen, tmp_path, monkeypatch):
-    import shutil
-
-    import yaml
-
-    from phenoica.cli import main
-
-    results = tmp_path / "res"
-    for src, dest in ((screen["post"], "postprocess/m1/pca_ica.h5ad"),
-                      (screen["scores"], "scores/m1/pca_ica.tsv"),
-                      *((p, f"plates/{Path(p).parent.name}/manifest.parquet") for p in screen["manifests"])):
-        (results / dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, results / dest)
-    config = {"results": str(results), "model": {"id": "m1"}, "channels": CHANNELS,
-              "gallery": {"channel_colors": {"DNA": "cyan", "Mito": None}}}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    out = tmp_path / "one" / "IC2.png"
-    out.parent.mkdir()
-    assert main(["gallery", "pca_ica", "IC2", "--configfile", str(tmp_path / "run.yaml"),
-                 "--out", str(out), "--per-side", "2"]) == 0
-    shown = pd.read_csv(out.with_suffix(".tsv"), sep="\t")
-    assert out.stat().st_size > 0 and list(shown.columns) == SITE_COLUMNS
-    assert set(shown["component"]) == {"IC2"} and shown.groupby("side").size().to_dict() == {"high": 2, "low": 2}
-    assert main(["gallery", "pca_ica", "IC99", "--configfile", str(tmp_path / "run.yaml")]) == 2
-
-
-def test_a_plain_run_plans_the_galleries_of_the_configured_methods(tmp_path):
-    import re
-
-    from helpers_workflow import REPO, TINY_PLATES, make_project
-
-    methods = {"base": {}, "pca_ica": {"n_components": 4}, "pca": {"n_components": 4}}
-    project = make_project(tmp_path / "project", overrides={"postprocess": {"methods": methods}})
-    jobs = project.dry_run()
-    galleries = {j.wildcards["method"]: j for j in jobs if j.rule == "component_gallery"}
-    assert sorted(galleries) == ["pca", "pca_ica"]  # base is no gallery method
-    for method, job in galleries.items():
-        assert job.output == [f"results/report/demo_mae/gallery/{method}"]
-        assert sorted(job.input) == sorted([f"results/postprocess/demo_mae/{method}.h5ad",
-                                            f"results/scores/demo_mae/{method}.tsv",
-                                            *(f"results/plates/{p}/manifest.parquet" for p in TINY_PLATES)])
-    (final,) = [j for j in jobs if j.rule == "all"]
-    assert {o for j in galleries.values() for o in j.output} <= set(final.input)
-    (caption,) = re.findall(r'caption="\.\./report/([\w.]+)"',
-                            (REPO / "workflow" / "rules" / "gallery.smk").read_text())
-    assert (REPO / "workflow" / "report" / caption).is_file()

@@ -15,7 +15,9 @@ stability) are shown
   the composite adds the coloured channels and clips at white. The shown sites are recorded in
   ``sites.tsv`` (:data:`SITE_COLUMNS`);
 * for profile inputs (``source: profiles``): as the features with the largest absolute loadings,
-  with signs (:func:`method_loadings`), recorded in ``loadings.tsv`` (:data:`LOADING_COLUMNS`).
+  with signs (:func:`method_loadings`; for methods without a fixed linear map, e.g. TVN, the
+  features' correlations with the component over all wells, :func:`feature_correlations`),
+  recorded in ``loadings.tsv`` (:data:`LOADING_COLUMNS`).
 
 An index figure (``index.png``: each component's batch share against its perturbation share,
 coloured by label) names every component that has a figure.
@@ -42,8 +44,10 @@ log = get_logger(__name__)
 #: extreme shown, ``value`` the well's coordinate on the component.
 SITE_COLUMNS = ["method", "component", "side", "rank", "plate", "well", "site", "batch",
                 "perturbation", "value"]
-#: Columns of ``loadings.tsv`` (profile inputs): the top features of each shown component.
-LOADING_COLUMNS = ["method", "component", "rank", "feature", "loading"]
+#: Columns of ``loadings.tsv`` (profile inputs): the top features of each shown component;
+#: ``kind`` says what ``loading`` is: ``loading`` (:func:`method_loadings`) or ``correlation``
+#: (:func:`feature_correlations`, for methods without a fixed linear map).
+LOADING_COLUMNS = ["method", "component", "rank", "feature", "loading", "kind"]
 #: Columns of ``components.tsv``: the shown components and why they were chosen.
 COMPONENT_COLUMNS = ["method", "component", "label", "stability", "batch_share",
                      "perturbation_share", "chosen_for"]
@@ -351,8 +355,21 @@ def method_loadings(state: Mapping) -> np.ndarray | None:
     return cov / np.sqrt(np.clip(var, np.finfo(np.float64).tiny, None))
 
 
+def feature_correlations(X: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Pearson correlation (features x components) of every feature with every component over
+    the wells given: what a method without a fixed linear map (TVN, ComBat, Harmony: per-batch
+    corrections) shows instead of loadings. Unlike loadings it also picks up the variation the
+    method removed (e.g. between batches); constant features get 0."""
+    X = np.asarray(X, dtype=np.float64)
+    Z = np.asarray(Z, dtype=np.float64)
+    Xc, Zc = X - X.mean(axis=0), Z - Z.mean(axis=0)
+    xs, zs = np.linalg.norm(Xc, axis=0), np.linalg.norm(Zc, axis=0)
+    return (Xc.T @ Zc) / np.outer(np.where(xs > 0, xs, np.inf), np.where(zs > 0, zs, np.inf))
+
+
 def top_loadings(loadings: np.ndarray, features: Sequence[str], components: Sequence[str],
-                 chosen: Sequence[str], *, method: str, top_features: int) -> pd.DataFrame:
+                 chosen: Sequence[str], *, method: str, top_features: int,
+                 kind: str = "loading") -> pd.DataFrame:
     """The ``top_features`` features with the largest absolute loading on each ``chosen``
     component (:data:`LOADING_COLUMNS`), largest first."""
     loadings = np.asarray(loadings, dtype=np.float64)
@@ -365,12 +382,13 @@ def top_loadings(loadings: np.ndarray, features: Sequence[str], components: Sequ
         column = loadings[:, index[comp]]
         order = np.argsort(-np.abs(column), kind="stable")[:top_features]
         rows += [{"method": method, "component": comp, "rank": r, "feature": str(features[i]),
-                  "loading": float(column[i])} for r, i in enumerate(order, start=1)]
+                  "loading": float(column[i]), "kind": kind} for r, i in enumerate(order, start=1)]
     return pd.DataFrame(rows, columns=LOADING_COLUMNS)
 
 
 def draw_loadings(table: pd.DataFrame, out_png: str | os.PathLike, *, title: str) -> None:
-    """Horizontal bars of one component's top loadings, each labelled ``feature +0.41``."""
+    """Horizontal bars of one component's top loadings (or correlations), each labelled
+    ``feature +0.41``."""
     from matplotlib.figure import Figure
 
     table = table.sort_values("rank", ascending=False)
@@ -381,18 +399,13 @@ def draw_loadings(table: pd.DataFrame, out_png: str | os.PathLike, *, title: str
     ax.set_yticks(range(len(table)), [f"{f} {v:+.2f}" for f, v in zip(table["feature"], table["loading"])],
                   fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_xlabel("loading: change of the feature per SD of the component\n(the correlation "
-                  "when the method standardises the features)", fontsize=7)
+    if (table["kind"] == "correlation").all():
+        ax.set_xlabel("correlation of the feature with the component over all wells\n(no fixed "
+                      "linear map: the method corrects each batch on its own)", fontsize=7)
+    else:
+        ax.set_xlabel("loading: change of the feature per SD of the component\n(the correlation "
+                      "when the method standardises the features)", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    _save(fig, out_png)
-
-
-def draw_note(out_png: str | os.PathLike, *, title: str, text: str) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 1.6), layout="constrained")
-    fig.suptitle(title, fontsize=8)
-    fig.text(0.5, 0.4, text, ha="center", va="center", fontsize=8, wrap=True)
     _save(fig, out_png)
 
 
@@ -437,8 +450,8 @@ def _read_adata(path: str | os.PathLike):
         raise InputError(path, f"cannot read as AnnData: {exc}") from exc
 
 
-def _feature_names(wells_path: str | os.PathLike) -> list[str]:
-    """The feature names (``var_names``) of the wells AnnData the method was fitted on."""
+def _read_wells(wells_path: str | os.PathLike, with_X: bool = False):
+    """(feature names, wells index, X or None) of the wells AnnData the method was fitted on."""
     import anndata as ad
 
     try:
@@ -446,19 +459,21 @@ def _feature_names(wells_path: str | os.PathLike) -> list[str]:
     except (OSError, KeyError) as exc:
         raise InputError(wells_path, f"cannot read as AnnData: {exc}") from exc
     try:
-        return [str(v) for v in wells.var_names]
+        X = np.asarray(wells.X[:], dtype=np.float64) if with_X else None
+        return [str(v) for v in wells.var_names], [str(v) for v in wells.obs_names], X
     finally:
         wells.file.close()
 
 
 def component_figure(adata, components: pd.DataFrame, component: str, out_png: str | os.PathLike,
                      *, method: str, channels: Sequence[str], seed: int,
-                     manifest: pd.DataFrame | None, features: Sequence[str] | None,
+                     manifest: pd.DataFrame | None, wells: str | os.PathLike | None,
                      per_side: int, tail: float, palette: Sequence[str],
                      channel_colors: Mapping[str, str | None], percentiles: Sequence[float],
                      crop: int | None, top_features: int) -> pd.DataFrame:
-    """Draw one component's figure (sites when ``manifest`` is given, else loadings over
-    ``features``) and return its recorded rows (sites or loadings)."""
+    """Draw one component's figure (sites when ``manifest`` is given, else the loadings over
+    the features of the wells AnnData ``wells``) and return its recorded rows (sites or
+    loadings)."""
     if component not in components.index:
         raise InputError(component, f"no component of that name in {method!r}; known: "
                                     f"{list(components.index)}")
@@ -473,13 +488,16 @@ def component_figure(adata, components: pd.DataFrame, component: str, out_png: s
         draw_site_gallery(sites, out_png, title=title, channels=channels, colours=colours,
                           percentiles=percentiles, crop=crop)
         return sites[SITE_COLUMNS]
-    loadings = method_loadings(dict(adata.uns["method"]["state"]))
-    if loadings is None or features is None:
-        draw_note(out_png, title=title, text=f"{method} has no fixed linear map of the features "
-                  "(a per-batch correction), so no loadings")
-        return pd.DataFrame(columns=LOADING_COLUMNS)
+    if wells is None:
+        raise InputError(method, "a loadings figure needs the wells AnnData (its features)")
+    loadings, kind = method_loadings(dict(adata.uns["method"]["state"])), "loading"
+    features, names, X = _read_wells(wells, with_X=loadings is None)
+    if loadings is None:
+        if names != [str(v) for v in adata.obs_names]:
+            raise InputError(wells, f"its wells are not those of the {method!r} output")
+        loadings, kind = feature_correlations(X, np.asarray(adata.X)), "correlation"
     table = top_loadings(loadings, features, list(adata.var_names), [component], method=method,
-                         top_features=top_features)
+                         top_features=top_features, kind=kind)
     draw_loadings(table, out_png, title=title)
     return table
 
@@ -505,7 +523,6 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
                                      f"{postprocessed_path}")
     chosen = choose_components(components, top_n)
     manifest = read_manifests(manifest_paths, channels) if manifest_paths else None
-    features = _feature_names(wells_path) if manifest is None and wells_path is not None else None
     records = []
     with atomic_path(out_dir, is_dir=True) as tmp:
         tmp = Path(tmp)
@@ -516,7 +533,8 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
             records.append(component_figure(adata, table, row["component"],
                                             tmp / f"{row['component']}.png", method=method,
                                             channels=channels, seed=seed, manifest=manifest,
-                                            features=features, **settings))
+                                            wells=None if manifest is not None else wells_path,
+                                            **settings))
         draw_index(components, chosen, tmp / "index.png", method=method)
         chosen.insert(0, "method", method)
         chosen.to_csv(tmp / "components.tsv", sep="\t", index=False)
@@ -566,16 +584,16 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
     adata = _read_adata(post)
     components = component_table(scores, method)
     channels = [str(c["name"]) for c in config["channels"]]
-    manifest, features = None, None
+    manifest, wells = None, None
     if config["source"] == "profiles":
-        features = _feature_names(results / "embeddings" / model / "wells.h5ad")
+        wells = results / "embeddings" / model / "wells.h5ad"
     else:
         paths = sorted(str(p) for p in results.glob("plates/*/manifest.parquet"))
         if not paths:
             raise InputError(results / "plates", "holds no plate manifest (*/manifest.parquet)")
         manifest = read_manifests(paths, channels)
     table = component_figure(adata, components, component, out_png, method=method,
-                             channels=channels, seed=seed, manifest=manifest, features=features,
+                             channels=channels, seed=seed, manifest=manifest, wells=wells,
                              **settings)
     tsv = Path(out_png).with_suffix(".tsv")
     table.to_csv(tsv, sep="\t", index=False)
