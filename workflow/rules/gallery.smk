@@ -4,6 +4,8 @@
 
 GALLERY_METHODS = [m for m in METHODS if m in config["gallery"]["methods"]]
 GALLERY_ROOT = "<results>/report/{model}/gallery"
+# the keyword arguments of run_component_gallery (the section without its workflow-only keys)
+GALLERY_SETTINGS = section_arguments("gallery", config["gallery"])
 GALLERY_FIGURES = expand(
     f"{GALLERY_ROOT}/{{method}}", model=MODEL, method=GALLERY_METHODS
 )
@@ -42,7 +44,7 @@ rule component_gallery:
     resources:
         **rule_resources("component_gallery"),
     params:
-        gallery=canonical(section_arguments("gallery", config["gallery"])),
+        gallery=canonical(GALLERY_SETTINGS),
         channels=canonical(CHANNEL_NAMES),
         seed=canonical(SEED),
     script:
