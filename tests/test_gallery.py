@@ -231,3 +231,51 @@ def test_profile_gallery_writes_loadings(tmp_path, method, kind):
         best = np.argsort(-np.abs(corr))[:4]
         assert list(part["feature"]) == [f"Cells_F{i}" for i in best]
         np.testing.assert_allclose(part["loading"], corr[best], atol=2e-4)
+
+
+def test_the_gallery_command_draws_one_component_from_the_results_files(screen, tmp_path):
+    import shutil
+
+    import yaml
+
+    from phenoica.cli import main
+
+    results = tmp_path / "res"
+    for src, dest in ((screen["post"], "postprocess/m1/pca_ica.h5ad"),
+                      (screen["scores"], "scores/m1/pca_ica.tsv"),
+                      *((p, f"plates/{Path(p).parent.name}/manifest.parquet") for p in screen["manifests"])):
+        (results / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, results / dest)
+    config = {"results": str(results), "model": {"id": "m1"}, "channels": CHANNELS,
+              "gallery": {"channel_colors": {"DNA": "cyan", "Mito": None}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "one" / "IC2.png"
+    out.parent.mkdir()
+    assert main(["gallery", "pca_ica", "IC2", "--configfile", str(tmp_path / "run.yaml"),
+                 "--out", str(out), "--per-side", "2"]) == 0
+    shown = pd.read_csv(out.with_suffix(".tsv"), sep="\t")
+    assert out.stat().st_size > 0 and list(shown.columns) == SITE_COLUMNS
+    assert set(shown["component"]) == {"IC2"} and shown.groupby("side").size().to_dict() == {"high": 2, "low": 2}
+    assert main(["gallery", "pca_ica", "IC99", "--configfile", str(tmp_path / "run.yaml")]) == 2
+
+
+def test_a_plain_run_plans_the_galleries_of_the_configured_methods(tmp_path):
+    import re
+
+    from helpers_workflow import REPO, TINY_PLATES, make_project
+
+    methods = {"base": {}, "pca_ica": {"n_components": 4}, "pca": {"n_components": 4}}
+    project = make_project(tmp_path / "project", overrides={"postprocess": {"methods": methods}})
+    jobs = project.dry_run()
+    galleries = {j.wildcards["method"]: j for j in jobs if j.rule == "component_gallery"}
+    assert sorted(galleries) == ["pca", "pca_ica"]  # base is no gallery method
+    for method, job in galleries.items():
+        assert job.output == [f"results/report/demo_mae/gallery/{method}"]
+        assert sorted(job.input) == sorted([f"results/postprocess/demo_mae/{method}.h5ad",
+                                            f"results/scores/demo_mae/{method}.tsv",
+                                            *(f"results/plates/{p}/manifest.parquet" for p in TINY_PLATES)])
+    (final,) = [j for j in jobs if j.rule == "all"]
+    assert {o for j in galleries.values() for o in j.output} <= set(final.input)
+    (caption,) = re.findall(r'caption="\.\./report/([\w.]+)"',
+                            (REPO / "workflow" / "rules" / "gallery.smk").read_text())
+    assert (REPO / "workflow" / "report" / caption).is_file()
