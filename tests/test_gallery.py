@@ -279,3 +279,12 @@ def test_a_plain_run_plans_the_galleries_of_the_configured_methods(tmp_path):
     (caption,) = re.findall(r'caption="\.\./report/([\w.]+)"',
                             (REPO / "workflow" / "rules" / "gallery.smk").read_text())
     assert (REPO / "workflow" / "report" / caption).is_file()
+
+
+def test_an_unknown_channel_colour_fails_the_dry_run(tmp_path):
+    from helpers_workflow import make_project
+
+    project = make_project(tmp_path / "project", overrides={"gallery": {"channel_colors": {"Hoechst": "blue"}}})
+    run = project.snakemake("-n", check=False)
+    assert run.returncode != 0
+    assert "gallery.channel_colors" in run.stdout + run.stderr and "Hoechst" in run.stdout + run.stderr

@@ -2,6 +2,20 @@
 # biological and most batch-attributed components (image sources) or their top loading features
 # (profiles), with an attribution map naming them. In the report: one subcategory per method.
 
+
+def _check_gallery_channels():
+    """Channel names in gallery.channel_colors must be channels (checked at the dry run)."""
+    from phenoica.errors import ConfigError
+
+    unknown = sorted(set(config["gallery"]["channel_colors"]) - set(CHANNEL_NAMES))
+    if unknown and SOURCE != "profiles":
+        raise ConfigError(
+            f"config key gallery.channel_colors: {unknown} are not channels "
+            f"(config key channels: {CHANNEL_NAMES})"
+        )
+
+
+_check_gallery_channels()
 GALLERY_METHODS = [m for m in METHODS if m in config["gallery"]["methods"]]
 GALLERY_ROOT = "<results>/report/{model}/gallery"
 # the keyword arguments of run_component_gallery (the section without its workflow-only keys)
