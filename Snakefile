@@ -55,6 +55,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/null.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/gallery.smk"
 include: "workflow/rules/identifiability.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/validation.smk"
@@ -69,6 +70,7 @@ rule all:
         "<results>/null_rotations.tsv",
         "<results>/summary.txt",
         REPORT_FIGURES,
+        GALLERY_FIGURES,
 
 
 # The rules whose outputs <results>/phenoica.h5ad, the long tables and the summary (collect_results)

@@ -87,6 +87,7 @@ SECTION_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("phenoica.ingest:ingest_plate",),
     "qc": ("phenoica.ingest:ingest_plate",),
     "report": ("phenoica.report:run_method_report",),
+    "gallery": ("phenoica.gallery:run_component_gallery",),
     "scores": ("phenoica.metrics.separation:run_scores", "phenoica.metrics.separation:compute_scores"),
     "profiles": ("phenoica.profiles:collect_profiles", "phenoica.profiles:load_profiles"),
     "validation": ("phenoica.validation:run_validation_controls",),

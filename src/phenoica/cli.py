@@ -11,6 +11,9 @@ e.g. away from the cluster).
 
 ``phenoica slurm check [--workdir DIR] [--cancel]`` lists this user's pending jobs that can never
 start (the workflow does this by itself during ``snakemake --profile slurm``).
+
+``phenoica gallery METHOD COMPONENT [--configfile CONFIG] [--out PNG]`` draws one component's
+gallery from a finished run's results (:func:`phenoica.gallery.component_gallery`).
 """
 
 from __future__ import annotations
@@ -234,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
         "each asks for and what its partition offers. Exit status 1 when there are any.")
     check.add_argument("--workdir", help="only jobs submitted from this folder (a project root)")
     check.add_argument("--cancel", action="store_true", help="scancel them")
+
+    gallery = commands.add_parser(
+        "gallery", help="draw one component's gallery from a finished run",
+        description="Draw one component's gallery (the sites at its two extremes as colour "
+        "composites, or for profile inputs its top loading features) from the results files of a "
+        "finished run, with the shown sites (or loadings) in a TSV beside the PNG. The config "
+        "names the results folder, model, channels and the gallery section (config/README.md).")
+    gallery.add_argument("method", help="a post-processing output name (postprocess.methods)")
+    gallery.add_argument("component", help="a component name, e.g. IC7 (the scores table's)")
+    gallery.add_argument("--configfile", default="config/config.yaml",
+                         help="the run's config (default: the demo's config/config.yaml)")
+    gallery.add_argument("--out", help="PNG to write (default: <method>_<component>.png)")
+    gallery.add_argument("--per-side", type=int, help="sites per extreme (gallery.per_side)")
+    gallery.add_argument("--seed", type=int, help="seed of the draws (default: the config's)")
     return parser
 
 
@@ -302,11 +319,25 @@ def _slurm_check(args: argparse.Namespace) -> int:
     return 1 if stuck else 0
 
 
+def _gallery(args: argparse.Namespace) -> int:
+    from .gallery import component_gallery
+
+    overrides = {k: v for k, v in (("per_side", args.per_side), ("seed", args.seed)) if v is not None}
+    if args.per_side is not None:
+        _positive(args.per_side, "--per-side")
+    out = args.out or f"{args.method}_{args.component}.png"
+    component_gallery(args.configfile, args.method, args.component, out, **overrides)
+    print(f"wrote {out} and {Path(out).with_suffix('.tsv')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phenoica`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "gallery":
+            return _gallery(args)
         if args.command == "slurm" and args.action == "check":
             return _slurm_check(args)
         if args.command == "profile" and args.action == "show":

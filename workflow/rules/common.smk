@@ -199,6 +199,7 @@ DEFAULT_RESOURCES = {
     "method_figures": {"threads": 1, "mem_mb": 4000, "runtime": 30},
     "scores_report": {"threads": 1, "mem_mb": 2000, "runtime": 10},
     "benchmark_report": {"threads": 1, "mem_mb": 2000, "runtime": 10},
+    "component_gallery": {"threads": 1, "mem_mb": 2000, "runtime": 10},
     # identifiability: train and embed are GPU rules on a cluster (resources: {rule: {gpu: 1}})
     "identifiability_train": {"threads": 2, "mem_mb": 4000, "runtime": 60},
     "identifiability_embed": {"threads": 2, "mem_mb": 4000, "runtime": 30},
