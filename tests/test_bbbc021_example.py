@@ -100,7 +100,10 @@ def test_example_runs_end_to_end(tmp_path):
     for task, metric in (("classification", "accuracy_knn"), ("classification", "accuracy_linear"),
                          ("auroc", "auroc_l2"), ("retrieval_biology", "map")):
         values = [pooled(bench, m, task, metric) for m in ROTATIONS]
-        assert max(values) - min(values) < 1e-5, (task, metric, values)
+        # the L2 probes are fitted (batched L-BFGS) to a relative gradient of 1e-5, not exactly:
+        # their AUROCs tie up to a few swapped ranks; the other metrics tie to rounding
+        tol = 1e-3 if metric == "auroc_l2" else 1e-5
+        assert max(values) - min(values) < tol, (task, metric, values)
     # ... and the held-out mechanism is found far above chance (12 classes)
     assert pooled(bench, "pca", "classification", "accuracy_knn") > 0.4
 
