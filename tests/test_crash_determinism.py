@@ -34,6 +34,7 @@ def _embedding_started(project) -> bool:
     return any("rule embed_plate" in path.read_text(errors="replace") for path in logs)
 
 
+@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_sigkill_during_embedding_then_rerun_is_identical(reference_run, tmp_path):
     project = make_project(tmp_path / "crash")
     proc = project.start()
@@ -61,6 +62,7 @@ def test_sigkill_during_embedding_then_rerun_is_identical(reference_run, tmp_pat
 
 
 @pytest.mark.slurm
+@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_scancel_during_embedding_is_retried(slurm_run):
     assert slurm_run.cancelled_job, "no running embed_plate job was seen to scancel"
     assert slurm_run.returncode == 0, slurm_run.output[-6000:]

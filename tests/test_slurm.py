@@ -39,6 +39,7 @@ def _rule_of(record: dict) -> str:
     return re.sub(r"_wildcards_.*$", "", record["comment"]).removeprefix("rule_")
 
 
+@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_workflow_completes_through_sbatch(slurm_run):
     assert slurm_run.returncode == 0, slurm_run.output[-6000:]
     assert slurm_run.run_id, "the executor did not report its run ID"
@@ -51,11 +52,13 @@ def test_workflow_completes_through_sbatch(slurm_run):
                job["state"].startswith("CANCELLED") for job in slurm_run.jobs), slurm_run.jobs
 
 
+@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_outputs_equal_a_local_run(slurm_run, reference_run):
     assert slurm_run.returncode == 0
     assert_identical_results(reference_run.results(), slurm_run.project.results(), partial=True)
 
 
+@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_gpu_rules_request_a_gpu_and_see_cuda_visible_devices(slurm_run, slurm_cluster):
     calls = _sbatch_calls(slurm_run.output)
     for rule in GPU_RULES:
@@ -87,6 +90,7 @@ def test_gpu_rules_request_a_gpu_and_see_cuda_visible_devices(slurm_run, slurm_c
     # the local CPU run's (test_outputs_equal_a_local_run).
 
 
+@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_cpu_rules_get_memory_and_runtime(slurm_run):
     calls = _sbatch_calls(slurm_run.output)
     for rule in ("collect_wells", "postprocess"):
