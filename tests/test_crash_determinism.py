@@ -5,14 +5,12 @@
   again complete, bit-identical (X, obsm, checkpoints, result tables) to the session's
   uninterrupted reference run in another folder, with no *.partial left anywhere: the one
   determinism check of the suite (two independent trainings and embeddings agree bit for bit).
-- scancel of a Slurm embed job in the middle of its work: the executor's retry (memory x attempt)
-  completes the run (fixture slurm_run, conftest.py; test_slurm.py compares its outputs with the
-  local run).
+- scancel of a Slurm embed job in the middle of its work: in test_slurm.py (all users of the
+  session's Slurm run in one module, so that CI's workers run it once).
 """
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 
@@ -34,7 +32,6 @@ def _embedding_started(project) -> bool:
     return any("rule embed_plate" in path.read_text(errors="replace") for path in logs)
 
 
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_sigkill_during_embedding_then_rerun_is_identical(reference_run, tmp_path):
     project = make_project(tmp_path / "crash")
     proc = project.start()
@@ -59,26 +56,3 @@ def test_sigkill_during_embedding_then_rerun_is_identical(reference_run, tmp_pat
     assert partial_files(project.root) == []
     assert_complete_files(results)
     assert_identical_results(reference_run.results(), results)
-
-
-@pytest.mark.slurm
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
-def test_scancel_during_embedding_is_retried(slurm_run):
-    assert slurm_run.cancelled_job, "no running embed_plate job was seen to scancel"
-    assert slurm_run.returncode == 0, slurm_run.output[-6000:]
-    by_id = {job["id"]: job for job in slurm_run.jobs}
-    cancelled = by_id[slurm_run.cancelled_job]
-    assert cancelled["state"].startswith("CANCELLED"), cancelled
-    # the same plate's embedding was submitted again and completed
-    retries = [job for job in slurm_run.jobs if job["comment"] == slurm_run.cancelled_comment
-               and job["id"] != slurm_run.cancelled_job]
-    assert [job["state"] for job in retries] == ["COMPLETED"], retries
-    # ... asking for more memory: mem_mb x attempt
-    first, second = (int(re.match(r"(\d+)", job["mem"]).group(1)) for job in (cancelled, retries[0]))
-    assert second == min(2 * first, 8000), (cancelled["mem"], retries[0]["mem"])  # 8000: --max-mem-mb
-    # No half-written file under a final name, then or now; nothing partial after the retry.
-    assert slurm_run.unreadable_after_cancel is None, slurm_run.unreadable_after_cancel
-    assert all(p.name.startswith(".") for p in slurm_run.partials_after_cancel)
-    results = slurm_run.project.results()
-    assert partial_files(slurm_run.project.root) == []
-    assert_complete_files(results)

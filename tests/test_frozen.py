@@ -110,7 +110,6 @@ def test_the_workflow_applies_the_stored_fits_and_checks_them_in_the_dry_run(dat
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_workflow_rerun_with_a_new_plate_and_frozen_fits(reference_run, tmp_path):
     """The whole workflow: the tiny demo, then the same project with plate P02 added and
     postprocess.fitted set to the first run's postprocess folder: the first run's wells keep

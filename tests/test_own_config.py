@@ -155,7 +155,6 @@ def test_a_number_spelled_differently_plans_nothing(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_a_reordered_config_reruns_nothing_after_a_real_run(reference_run, tmp_path):
     """The reviewer's case on a completed run: the same config in another key order (as
     ``--replace-workflow-config`` produces) plans no job."""

@@ -54,7 +54,6 @@ def test_a_bad_report_key_fails_the_dry_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_report_of_a_tiny_run(reference_run, tmp_path):
     project = copy_project(reference_run, tmp_path / "project")
     methods = list(project.config()["postprocess"]["methods"])

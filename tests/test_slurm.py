@@ -2,7 +2,8 @@
 
 Needs `bash .ci/slurm/up.sh`; skipped without a cluster unless PHENOICA_REQUIRE_SLURM=1. The run
 itself (fixture `slurm_run` in conftest.py) happens once per session; one of its embed_plate
-jobs is scancelled mid-run (checked in test_crash_determinism.py).
+jobs is scancelled mid-run (test_scancel_during_embedding_is_retried). CI runs this tier with
+`--dist loadfile`: every user of that run is in this module, so one worker runs it once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers_slurm import group_alive, project_jobs, run_id_of, snakemake_run, wait_for
-from helpers_workflow import PHENOICA, REPO, SLURM_TASK_ENV_LOG, SNAKEMAKE, assert_identical_results
+from helpers_workflow import (
+    PHENOICA,
+    REPO,
+    SLURM_TASK_ENV_LOG,
+    SNAKEMAKE,
+    assert_complete_files,
+    assert_identical_results,
+    partial_files,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -39,7 +48,6 @@ def _rule_of(record: dict) -> str:
     return re.sub(r"_wildcards_.*$", "", record["comment"]).removeprefix("rule_")
 
 
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_workflow_completes_through_sbatch(slurm_run):
     assert slurm_run.returncode == 0, slurm_run.output[-6000:]
     assert slurm_run.run_id, "the executor did not report its run ID"
@@ -52,13 +60,11 @@ def test_workflow_completes_through_sbatch(slurm_run):
                job["state"].startswith("CANCELLED") for job in slurm_run.jobs), slurm_run.jobs
 
 
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_outputs_equal_a_local_run(slurm_run, reference_run):
     assert slurm_run.returncode == 0
     assert_identical_results(reference_run.results(), slurm_run.project.results(), partial=True)
 
 
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_gpu_rules_request_a_gpu_and_see_cuda_visible_devices(slurm_run, slurm_cluster):
     calls = _sbatch_calls(slurm_run.output)
     for rule in GPU_RULES:
@@ -90,7 +96,6 @@ def test_gpu_rules_request_a_gpu_and_see_cuda_visible_devices(slurm_run, slurm_c
     # the local CPU run's (test_outputs_equal_a_local_run).
 
 
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_cpu_rules_get_memory_and_runtime(slurm_run):
     calls = _sbatch_calls(slurm_run.output)
     for rule in ("collect_wells", "postprocess"):
@@ -228,3 +233,24 @@ def test_an_interrupted_run_leaves_no_snakemake_and_no_slurm_job(slurm_cluster, 
             raise KeyboardInterrupt  # what pytest raises on Ctrl-C
     assert submitted and not group_alive(pgid)
     assert project_jobs(project, run_id_of(log_path.read_text())) == []
+
+
+def test_scancel_during_embedding_is_retried(slurm_run):
+    assert slurm_run.cancelled_job, "no running embed_plate job was seen to scancel"
+    assert slurm_run.returncode == 0, slurm_run.output[-6000:]
+    by_id = {job["id"]: job for job in slurm_run.jobs}
+    cancelled = by_id[slurm_run.cancelled_job]
+    assert cancelled["state"].startswith("CANCELLED"), cancelled
+    # the same plate's embedding was submitted again and completed
+    retries = [job for job in slurm_run.jobs if job["comment"] == slurm_run.cancelled_comment
+               and job["id"] != slurm_run.cancelled_job]
+    assert [job["state"] for job in retries] == ["COMPLETED"], retries
+    # ... asking for more memory: mem_mb x attempt
+    first, second = (int(re.match(r"(\d+)", job["mem"]).group(1)) for job in (cancelled, retries[0]))
+    assert second == min(2 * first, 8000), (cancelled["mem"], retries[0]["mem"])  # 8000: --max-mem-mb
+    # No half-written file under a final name, then or now; nothing partial after the retry.
+    assert slurm_run.unreadable_after_cancel is None, slurm_run.unreadable_after_cancel
+    assert all(p.name.startswith(".") for p in slurm_run.partials_after_cancel)
+    results = slurm_run.project.results()
+    assert partial_files(slurm_run.project.root) == []
+    assert_complete_files(results)

@@ -120,7 +120,6 @@ def _table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reference_run")  # shares the session fixtures: .ci/run, -n 2
 def test_identifiability_end_to_end(reference_run, tmp_path):
     import anndata as ad
 
