@@ -47,19 +47,24 @@ _SCHEMA_CACHE: dict[str, dict] = {}
 
 
 def load_schema(path: str | os.PathLike) -> dict:
-    """A JSON schema (YAML file) with the shared patterns of ``$defs`` filled in."""
-    with open(path) as handle:
-        schema = yaml.safe_load(handle)
-    for name, spec in (schema.get("$defs") or {}).items():
-        if name in SHARED_PATTERNS:
-            spec["pattern"] = f"^{SHARED_PATTERNS[name]}$"
-    return schema
+    """A JSON schema (YAML file) with the shared patterns of ``$defs`` filled in (a copy: the
+    file is parsed once per process, with libyaml when PyYAML has it — every Snakemake start
+    reads the config and plate-sheet schemas)."""
+    key = os.path.realpath(path)
+    if key not in _SCHEMA_CACHE:
+        with open(path) as handle:
+            schema = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        for name, spec in (schema.get("$defs") or {}).items():
+            if name in SHARED_PATTERNS:
+                spec["pattern"] = f"^{SHARED_PATTERNS[name]}$"
+        _SCHEMA_CACHE[key] = schema
+    return copy.deepcopy(_SCHEMA_CACHE[key])
 
 
 def _config_schema() -> dict:
-    key = str(SCHEMA_DIR / "config.schema.yaml")
+    key = os.path.realpath(SCHEMA_DIR / "config.schema.yaml")
     if key not in _SCHEMA_CACHE:
-        _SCHEMA_CACHE[key] = load_schema(key)
+        load_schema(key)
     return _SCHEMA_CACHE[key]
 
 
