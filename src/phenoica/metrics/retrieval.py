@@ -140,12 +140,7 @@ def average_precision(X: np.ndarray, meta: pd.DataFrame, *, pos_sameby: str | Se
             neg_above = row_neg.size - np.searchsorted(row_neg, row_pos, side="right")
             hits = np.arange(1, m + 1)
             ap[start + r] = float(np.mean(hits / (hits + neg_above)))
-    out = meta.iloc[query_rows][keys].copy()
-    out.index = query_rows
-    out["average_precision"] = ap
-    out["n_pos_pairs"] = n_pos
-    out["n_total_pairs"] = n_total
-    return out
+    return _ap_table(meta, query_rows, keys, ap, n_pos, n_total)
 
 
 def grouped_average_precision(X: np.ndarray, meta: pd.DataFrame, *, group: str, block: str,
@@ -222,12 +217,7 @@ def grouped_average_precision(X: np.ndarray, meta: pd.DataFrame, *, group: str, 
                 valid = torch.arange(pos.shape[1])[None, :] < torch.from_numpy(m)[:, None]
                 prec = torch.where(valid, hits / (hits + above.to(torch.float64)), 0.0)
                 ap[at] = np.where(m > 0, prec.sum(1).numpy() / np.maximum(m, 1), np.nan)
-    out = meta.iloc[query_rows][keys].copy()
-    out.index = query_rows
-    out["average_precision"] = ap
-    out["n_pos_pairs"] = n_pos
-    out["n_total_pairs"] = n_total
-    return out
+    return _ap_table(meta, query_rows, keys, ap, n_pos, n_total)
 
 
 def _ap_from_ranks(ranks: np.ndarray) -> np.ndarray:
@@ -423,4 +413,16 @@ def nearest_neighbor_labels(X: np.ndarray, labels: Sequence, *, exclude_same: Se
     out = pd.DataFrame({"neighbor": neighbor, "label": labels[queries], "predicted": predicted},
                        index=queries)
     out["correct"] = (out["neighbor"] >= 0) & (out["label"] == out["predicted"])
+    return out
+
+
+def _ap_table(meta: pd.DataFrame, query_rows: np.ndarray, keys: list[str], ap: np.ndarray,
+              n_pos: np.ndarray, n_total: np.ndarray) -> pd.DataFrame:
+    """One row per query: its ``keys`` columns, ``average_precision``, ``n_pos_pairs`` and
+    ``n_total_pairs`` (the table both average-precision functions return)."""
+    out = meta.iloc[query_rows][keys].copy()
+    out.index = query_rows
+    out["average_precision"] = ap
+    out["n_pos_pairs"] = n_pos
+    out["n_total_pairs"] = n_total
     return out
