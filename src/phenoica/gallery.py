@@ -316,11 +316,6 @@ def _save(fig, out_png: str | os.PathLike) -> None:
 
 # --- loadings (profile inputs) ----------------------------------------------------------------
 
-#: Methods whose output is one fixed linear map of the features (after centring); the others
-#: (TVN, ComBat, Harmony: per-batch corrections) have no loadings of their own.
-LINEAR_METHODS = ("pca", "pca_ica", "pca_rand", "ica_clean", "centerscale")
-
-
 def method_loadings(state: Mapping) -> np.ndarray | None:
     """Loadings (features x components) of a fitted method from its stored state
     (``uns["method"]["state"]``); None for methods without a fixed linear map.
@@ -329,29 +324,25 @@ def method_loadings(state: Mapping) -> np.ndarray | None:
     (in the units the method works in: standardised when it standardises, else raw) with the
     component, divided by the component's standard deviation: the change of the feature, per
     standard deviation of the component, that the component accounts for. On standardised
-    features it is the correlation of the feature with the component. Computed from the PCA
-    the method stores: Cov(x, Z) = C diag(eigenvalues) C^T W for any map W within the kept
-    principal subspace (exact there, since C holds eigenvectors of the covariance)."""
-    from .postprocess.ica import ICA
-    from .postprocess.whitening import Whitening
+    features it is the correlation of the feature with the component.
 
-    name = str(state.get("name", ""))
-    if name not in LINEAR_METHODS or "whitening" not in state:
+    Derived from the method's linear map (:func:`phenoica.tl.linear_map`) and the covariance its
+    PCA stores: for a map ``W`` within the kept principal subspace, Cov(x, x W) = C diag(eig)
+    C^T W (exact there, since C holds eigenvectors of the covariance). ``centerscale`` counts
+    as linear here: its PCA scores are only shifted and scaled per batch and component, which
+    leaves this pattern unchanged."""
+    from .postprocess.methods import method_from_state
+    from .tl import LINEAR_METHODS, linear_map
+
+    if str(state.get("name", "")) not in (*LINEAR_METHODS, "centerscale"):
         return None
-    white = Whitening.from_state(dict(state["whitening"]))
-    scale = np.sqrt(white.eigenvalues + white.reg)
-    mix = np.eye(white.n_components)  # whitened coordinates -> output components
-    if name in ("pca_ica", "ica_clean"):
-        ica = ICA.from_state(dict(state["ica"]))
-        pre = ica.whitening.projection() if ica.whitening is not None else np.eye(white.n_components)
-        mix = pre @ ica.unmixing.T
-        if name == "ica_clean":
-            mix = mix[:, np.asarray(state["keep"], dtype=np.int64).reshape(-1)]
-    elif name == "pca_rand":
-        mix = np.asarray(state["rotation"], dtype=np.float64).T
-    # Cov(x, Z) = C diag(eig) C^T (C diag(1/scale) mix) = C diag(eig / scale) mix
-    cov = (white.components * (white.eigenvalues / scale)) @ mix
-    var = np.einsum("pk,p,pk->k", mix, white.eigenvalues / scale**2, mix)
+    model = method_from_state(dict(state))
+    white = model.whitening
+    mapping = linear_map(model)
+    W = mapping[1] if mapping is not None else white.projection(whiten=False)
+    P = white.components.T @ (W * white.feature_scale[:, None])  # in the principal coordinates
+    cov = white.components @ (white.eigenvalues[:, None] * P)
+    var = np.einsum("pk,p,pk->k", P, white.eigenvalues, P)
     return cov / np.sqrt(np.clip(var, np.finfo(np.float64).tiny, None))
 
 
