@@ -127,8 +127,16 @@ def read_manifests(paths: Sequence[str | os.PathLike], channels: Sequence[str]) 
     return out
 
 
+def sites_by_well(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``"<plate>:<well>"`` -> the row positions of the well's sites in ``manifest`` (in the
+    manifest's order): built once per figure set, not per component."""
+    keys = manifest["plate"].astype(str) + ":" + manifest["well"].astype(str)
+    return keys.groupby(keys.to_numpy(), sort=False).indices
+
+
 def extreme_sites(values: np.ndarray, obs: pd.DataFrame, manifest: pd.DataFrame, *, method: str,
-                  component: str, per_side: int, tail: float, seed: int) -> pd.DataFrame:
+                  component: str, per_side: int, tail: float, seed: int,
+                  by_well: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The sites shown at the two extremes of one component (:data:`SITE_COLUMNS` plus
     ``site_id``, ``manifest`` and the ``path_<channel>`` columns).
 
@@ -136,14 +144,14 @@ def extreme_sites(values: np.ndarray, obs: pd.DataFrame, manifest: pd.DataFrame,
     ``well``, ``batch``, ``perturbation``). Per side, ``per_side`` wells are drawn without
     replacement from the ``ceil(tail * per_side)`` most extreme wells that have imaged sites
     (all batches pooled), and one site per drawn well (a QC-passing one where the well has any);
-    the draws are seeded by ``seed``, the component name and the side. Rank 1 = most extreme."""
+    the draws are seeded by ``seed``, the component name and the side. Rank 1 = most extreme.
+    ``by_well``: :func:`sites_by_well` of ``manifest`` when the caller has it already."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if len(values) != len(obs):
         raise InputError("gallery", f"{len(values)} values for {len(obs)} wells")
     keys = obs["plate"].astype(str).to_numpy() + ":" + obs["well"].astype(str).to_numpy()
-    manifest = manifest.assign(_key=manifest["plate"] + ":" + manifest["well"])
-    by_well = {key: group for key, group in manifest.groupby("_key", sort=False)}
-    imaged = np.array([k in by_well for k in keys]) & np.isfinite(values)
+    by_well = sites_by_well(manifest) if by_well is None else by_well
+    imaged = pd.Index(keys).isin(list(by_well)) & np.isfinite(values)
     if not imaged.any():
         raise InputError("gallery", "no well of the post-processed data has a site in the plate "
                                     "manifests (plate and well columns do not match)")
@@ -157,7 +165,7 @@ def extreme_sites(values: np.ndarray, obs: pd.DataFrame, manifest: pd.DataFrame,
         drawn = rng.choice(pool, size=min(per_side, len(pool)), replace=False)
         drawn = drawn[np.argsort(values[drawn] * (1 if side == "low" else -1), kind="stable")]
         for rank, i in enumerate(drawn, start=1):
-            sites = by_well[keys[i]]
+            sites = manifest.iloc[by_well[keys[i]]]
             if "qc_pass" in sites.columns and sites["qc_pass"].astype(bool).any():
                 sites = sites[sites["qc_pass"].astype(bool)]
             site = sites.iloc[int(rng.integers(len(sites)))]
@@ -456,29 +464,14 @@ def _read_wells(wells_path: str | os.PathLike, with_X: bool = False):
         wells.file.close()
 
 
-def component_figure(adata, components: pd.DataFrame, component: str, out_png: str | os.PathLike,
-                     *, method: str, channels: Sequence[str], seed: int,
-                     manifest: pd.DataFrame | None, wells: str | os.PathLike | None,
-                     per_side: int, tail: float, palette: Sequence[str],
-                     channel_colors: Mapping[str, str | None], percentiles: Sequence[float],
-                     crop: int | None, top_features: int) -> pd.DataFrame:
-    """Draw one component's figure (sites when ``manifest`` is given, else the loadings over
-    the features of the wells AnnData ``wells``) and return its recorded rows (sites or
-    loadings)."""
-    if component not in components.index:
-        raise InputError(component, f"no component of that name in {method!r}; known: "
-                                    f"{list(components.index)}")
-    row = components.loc[component].to_dict()
-    row.setdefault("chosen_for", "request")
-    title = _title(method, {"component": component, **row})
+def figure_sources(adata, *, method: str, manifest: pd.DataFrame | None,
+                   wells: str | os.PathLike | None) -> dict:
+    """What every component figure of one method reads, read and computed once per method:
+    ``by_well`` (:func:`sites_by_well`) with ``manifest`` (image sources), else the loadings
+    over the features of the wells AnnData ``wells``: ``loadings`` (features x components),
+    ``features`` and ``kind`` (:data:`LOADING_COLUMNS`)."""
     if manifest is not None:
-        j = list(adata.var_names).index(component)
-        sites = extreme_sites(np.asarray(adata.X)[:, j], adata.obs, manifest, method=method,
-                              component=component, per_side=per_side, tail=tail, seed=seed)
-        colours = channel_rgb(channels, palette=palette, channel_colors=channel_colors)
-        draw_site_gallery(sites, out_png, title=title, channels=channels, colours=colours,
-                          percentiles=percentiles, crop=crop)
-        return sites[SITE_COLUMNS]
+        return {"manifest": manifest, "by_well": sites_by_well(manifest)}
     if wells is None:
         raise InputError(method, "a loadings figure needs the wells AnnData (its features)")
     loadings, kind = method_loadings(dict(adata.uns["method"]["state"])), "loading"
@@ -487,8 +480,37 @@ def component_figure(adata, components: pd.DataFrame, component: str, out_png: s
         if names != [str(v) for v in adata.obs_names]:
             raise InputError(wells, f"its wells are not those of the {method!r} output")
         loadings, kind = feature_correlations(X, np.asarray(adata.X)), "correlation"
-    table = top_loadings(loadings, features, list(adata.var_names), [component], method=method,
-                         top_features=top_features, kind=kind)
+    return {"loadings": loadings, "features": features, "kind": kind}
+
+
+def _check_component(components: pd.DataFrame, component: str, method: str) -> None:
+    if component not in components.index:
+        raise InputError(component, f"no component of that name in {method!r}; known: "
+                                    f"{list(components.index)}")
+
+
+def component_figure(adata, components: pd.DataFrame, component: str, out_png: str | os.PathLike,
+                     *, method: str, channels: Sequence[str], seed: int, sources: Mapping,
+                     per_side: int, tail: float, palette: Sequence[str],
+                     channel_colors: Mapping[str, str | None], percentiles: Sequence[float],
+                     crop: int | None, top_features: int) -> pd.DataFrame:
+    """Draw one component's figure (sites when ``sources`` (:func:`figure_sources`) has a
+    manifest, else the loadings) and return its recorded rows (sites or loadings)."""
+    _check_component(components, component, method)
+    row = components.loc[component].to_dict()
+    row.setdefault("chosen_for", "request")
+    title = _title(method, {"component": component, **row})
+    if "manifest" in sources:
+        j = list(adata.var_names).index(component)
+        sites = extreme_sites(np.asarray(adata.X)[:, j], adata.obs, sources["manifest"], method=method,
+                              component=component, per_side=per_side, tail=tail, seed=seed,
+                              by_well=sources["by_well"])
+        colours = channel_rgb(channels, palette=palette, channel_colors=channel_colors)
+        draw_site_gallery(sites, out_png, title=title, channels=channels, colours=colours,
+                          percentiles=percentiles, crop=crop)
+        return sites[SITE_COLUMNS]
+    table = top_loadings(sources["loadings"], sources["features"], list(adata.var_names), [component],
+                         method=method, top_features=top_features, kind=sources["kind"])
     draw_loadings(table, out_png, title=title)
     return table
 
@@ -514,6 +536,7 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
                                      f"{postprocessed_path}")
     chosen = choose_components(components, top_n)
     manifest = read_manifests(manifest_paths, channels) if manifest_paths else None
+    sources = figure_sources(adata, method=method, manifest=manifest, wells=wells_path)
     records = []
     with atomic_path(out_dir, is_dir=True) as tmp:
         tmp = Path(tmp)
@@ -523,8 +546,7 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
             table = components.assign(chosen_for=row["chosen_for"])
             records.append(component_figure(adata, table, row["component"],
                                             tmp / f"{row['component']}.png", method=method,
-                                            channels=channels, seed=seed, manifest=manifest,
-                                            wells=None if manifest is not None else wells_path,
+                                            channels=channels, seed=seed, sources=sources,
                                             **settings))
         draw_index(components, chosen, tmp / "index.png", method=method)
         chosen.insert(0, "method", method)
@@ -574,6 +596,7 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
                                    "and postprocess.methods")
     adata = _read_adata(post)
     components = component_table(scores, method)
+    _check_component(components, component, method)
     channels = [str(c["name"]) for c in config["channels"]]
     manifest, wells = None, None
     if config["source"] == "profiles":
@@ -583,9 +606,9 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
         if not paths:
             raise InputError(results / "plates", "holds no plate manifest (*/manifest.parquet)")
         manifest = read_manifests(paths, channels)
+    sources = figure_sources(adata, method=method, manifest=manifest, wells=wells)
     table = component_figure(adata, components, component, out_png, method=method,
-                             channels=channels, seed=seed, manifest=manifest, wells=wells,
-                             **settings)
+                             channels=channels, seed=seed, sources=sources, **settings)
     tsv = Path(out_png).with_suffix(".tsv")
     table.to_csv(tsv, sep="\t", index=False)
     log.info("wrote %s and %s", out_png, tsv)
