@@ -131,3 +131,12 @@ def test_atomic_outputs_get_the_umask_mode_not_0600(tmp_path, umask):
     for name in ("out.txt", "out.tsv", "out.h5ad"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
     assert (tmp_path / "out_dir").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
+
+
+def test_an_unreadable_h5ad_is_an_input_error_naming_the_file(tmp_path):
+    from phenoica.errors import InputError
+
+    path = tmp_path / "not_anndata.h5ad"
+    path.write_text("plain text, not HDF5\n")
+    with pytest.raises(InputError, match=r"not_anndata\.h5ad: cannot read as AnnData"):
+        read_h5ad(path)

@@ -440,15 +440,6 @@ def draw_index(components: pd.DataFrame, chosen: pd.DataFrame, out_png: str | os
 
 # --- rule and notebook functions --------------------------------------------------------------
 
-def _read_adata(path: str | os.PathLike):
-    from .io import read_h5ad
-
-    try:
-        return read_h5ad(path)
-    except (OSError, KeyError) as exc:
-        raise InputError(path, f"cannot read as AnnData: {exc}") from exc
-
-
 def _read_wells(wells_path: str | os.PathLike, with_X: bool = False):
     """(feature names, wells index, X or None) of the wells AnnData the method was fitted on."""
     import anndata as ad
@@ -529,7 +520,9 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
     ``components.tsv`` (the shown components, their label, stability, shares and why chosen).
     ``params.json`` records the seed, the settings, the inputs and the phenoica version.
     The keyword-only arguments are the ``gallery`` config section (config/README.md)."""
-    adata = _read_adata(postprocessed_path)
+    from .io import read_h5ad
+
+    adata = read_h5ad(postprocessed_path)
     components = component_table(scores_tsv, method)
     if list(components.index) != [str(v) for v in adata.var_names]:
         raise InputError(scores_tsv, f"its components of {method!r} are not those of "
@@ -580,6 +573,7 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
     import copy
 
     from .config import load_config, section_arguments, validate_config
+    from .io import read_h5ad
 
     config = (load_config(config) if isinstance(config, (str, os.PathLike))
               else validate_config(copy.deepcopy(dict(config))))
@@ -594,7 +588,7 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
             raise InputError(path, f"not found: run the workflow for method {method!r} first "
                                    "(snakemake --cores N), or check config keys results, model.id "
                                    "and postprocess.methods")
-    adata = _read_adata(post)
+    adata = read_h5ad(post)
     components = component_table(scores, method)
     _check_component(components, component, method)
     channels = [str(c["name"]) for c in config["channels"]]

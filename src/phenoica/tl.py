@@ -207,10 +207,7 @@ def load_fitted(fitted) -> tuple[Any, dict]:
         from .provenance import file_sha256
 
         path = str(fitted)
-        try:
-            adata = read_h5ad(path)
-        except (OSError, KeyError) as exc:
-            raise InputError(path, f"cannot read as AnnData: {exc}") from exc
+        adata = read_h5ad(path)
         origin = {"source": path, "sha256": file_sha256(path)}
         fitted = adata
         where = path

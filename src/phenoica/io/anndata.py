@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .atomic import atomic_path
 
 CATEGORICAL_OBS = ("plate", "well", "batch", "perturbation")
@@ -63,4 +64,8 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
 
 
 def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
-    return ad.read_h5ad(path)
+    """Read an .h5ad file; one that cannot be read is an InputError naming it."""
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError) as exc:
+        raise InputError(path, f"cannot read as AnnData: {exc}") from exc

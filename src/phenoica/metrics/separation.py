@@ -465,10 +465,7 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
     from ..io import read_h5ad, write_tsv
 
     scores = section_values(run_scores, locals())
-    try:
-        adata = read_h5ad(postprocessed_path)
-    except (OSError, KeyError) as exc:
-        raise InputError(postprocessed_path, f"cannot read as AnnData: {exc}") from exc
+    adata = read_h5ad(postprocessed_path)
     try:  # the notebook verb: read, phenoica.tl.score, write
         long = tl.score(adata, use_rep="X", method=method, bio_key=bio_key or None, **scores)
     except InputError as exc:
