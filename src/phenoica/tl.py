@@ -203,13 +203,12 @@ def load_fitted(fitted) -> tuple[Any, dict]:
         return fitted, {}
     origin: dict = {}
     if isinstance(fitted, (str, os.PathLike)):
-        from .io import read_h5ad
+        from .io import read_uns_entry
         from .provenance import file_sha256
 
         path = str(fitted)
-        adata = read_h5ad(path)
+        fitted = read_uns_entry(path, "method") or {}  # the stored fit only, not the wells
         origin = {"source": path, "sha256": file_sha256(path)}
-        fitted = adata
         where = path
     else:
         where = "fitted"

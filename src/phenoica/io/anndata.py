@@ -69,3 +69,17 @@ def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
         return ad.read_h5ad(path)
     except (OSError, KeyError) as exc:
         raise InputError(path, f"cannot read as AnnData: {exc}") from exc
+
+
+def read_uns_entry(path: str | os.PathLike, key: str):
+    """``uns[key]`` of an .h5ad file, read alone (not its X, obs or var, as :func:`read_h5ad`
+    would); None when the file has no such entry. An unreadable file is an InputError."""
+    import h5py
+    from anndata.io import read_elem
+
+    try:
+        with h5py.File(path, "r") as handle:
+            node = handle.get(f"uns/{key}")
+            return None if node is None else read_elem(node)
+    except (OSError, KeyError) as exc:
+        raise InputError(path, f"cannot read as AnnData: {exc}") from exc

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io import read_h5ad, sanitize_uns, write_h5ad
+from ..io import read_h5ad, read_uns_entry, sanitize_uns, write_h5ad
 from ..logs import get_logger
 from ..provenance import add_record
 from .methods import fitting_mask
@@ -90,11 +90,10 @@ def run_frozen(wells_path: str, *, out_path: str, method: str, layer: str | None
     from .. import tl
     from ..provenance import file_sha256
 
-    try:
-        stored = read_h5ad(fitted)
+    try:  # the stored fit only, not the earlier run's wells
+        source = read_uns_entry(fitted, "method") or {}
     except InputError as exc:
         raise InputError(fitted, f"{exc.problem} (config key postprocess.fitted)") from exc
-    source = stored.uns.get("method", {})
     if "state" not in source:
         raise InputError(fitted, "holds no fitted post-processing method (config key postprocess.fitted)")
     if str(source.get("name")) != method:
