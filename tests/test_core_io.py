@@ -131,3 +131,27 @@ def test_atomic_outputs_get_the_umask_mode_not_0600(tmp_path, umask):
     for name in ("out.txt", "out.tsv", "out.h5ad"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
     assert (tmp_path / "out_dir").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
+
+
+def test_an_unreadable_h5ad_is_an_input_error_naming_the_file(tmp_path):
+    from phenoica.errors import InputError
+
+    path = tmp_path / "not_anndata.h5ad"
+    path.write_text("plain text, not HDF5\n")
+    with pytest.raises(InputError, match=r"not_anndata\.h5ad: cannot read as AnnData"):
+        read_h5ad(path)
+
+
+def test_read_uns_entry_reads_one_uns_entry_as_read_h5ad_does(tmp_path):
+    from phenoica.io import read_uns_entry
+
+    adata = ad.AnnData(X=np.ones((3, 2), dtype=np.float32))
+    adata.uns["method"] = {"name": "pca", "state": {"mean": np.arange(2.0), "params_json": "{}"},
+                           "train_batches": np.array(["B1", "B2"], dtype=object), "n_fit": 3}
+    path = write_h5ad(adata, tmp_path / "a.h5ad")
+    whole, alone = read_h5ad(path).uns["method"], read_uns_entry(path, "method")
+    assert alone.keys() == whole.keys() and alone["state"].keys() == whole["state"].keys()
+    np.testing.assert_array_equal(alone["state"]["mean"], whole["state"]["mean"])
+    assert list(alone["train_batches"]) == list(whole["train_batches"]) == ["B1", "B2"]
+    assert alone["name"] == whole["name"] == "pca" and alone["n_fit"] == whole["n_fit"] == 3
+    assert read_uns_entry(path, "absent") is None

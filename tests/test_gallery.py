@@ -184,6 +184,24 @@ def test_loadings_are_the_feature_component_correlations(method, params):
     np.testing.assert_allclose(loadings, expected, atol=2e-4)
 
 
+@pytest.mark.parametrize("method,params", [("ica_clean", {"seed": 0, "drop": "batch_share"}),
+                                           ("centerscale", {})])
+def test_loadings_of_ica_clean_and_centerscale_are_the_correlations(method, params):
+    """ica_clean keeps a subset of the ICA components; centerscale fits its PCA on the controls
+    and shifts and scales the scores per batch (one batch here: an affine map of the scores, so
+    on the fitting set, the controls, the correlations are the loadings)."""
+    from phenoica.postprocess.methods import make_method
+
+    X, obs = _toy_profiles()
+    obs["is_control"] = np.arange(len(obs)) % 3 == 0
+    fitted = make_method(method, n_components=3, standardize=True, **params).fit(X, obs)
+    Z = fitted.transform(X, obs).astype(np.float64)
+    loadings = method_loadings(fitted.to_state())
+    rows = obs["is_control"].to_numpy() if method == "centerscale" else slice(None)
+    assert loadings.shape == (6, Z.shape[1])
+    np.testing.assert_allclose(loadings, np.corrcoef(X[rows].T, Z[rows].T)[:6, 6:], atol=2e-4)
+
+
 def test_top_loadings_lists_the_largest_features_with_signs():
     loadings = np.array([[0.1, 0.9], [-0.8, 0.0], [0.3, -0.95]])
     table = top_loadings(loadings, ["f_a", "f_b", "f_c"], ["C1", "C2"], ["C1", "C2"], method="m",

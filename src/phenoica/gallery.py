@@ -127,8 +127,16 @@ def read_manifests(paths: Sequence[str | os.PathLike], channels: Sequence[str]) 
     return out
 
 
+def sites_by_well(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``"<plate>:<well>"`` -> the row positions of the well's sites in ``manifest`` (in the
+    manifest's order): built once per figure set, not per component."""
+    keys = manifest["plate"].astype(str) + ":" + manifest["well"].astype(str)
+    return keys.groupby(keys.to_numpy(), sort=False).indices
+
+
 def extreme_sites(values: np.ndarray, obs: pd.DataFrame, manifest: pd.DataFrame, *, method: str,
-                  component: str, per_side: int, tail: float, seed: int) -> pd.DataFrame:
+                  component: str, per_side: int, tail: float, seed: int,
+                  by_well: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The sites shown at the two extremes of one component (:data:`SITE_COLUMNS` plus
     ``site_id``, ``manifest`` and the ``path_<channel>`` columns).
 
@@ -136,14 +144,14 @@ def extreme_sites(values: np.ndarray, obs: pd.DataFrame, manifest: pd.DataFrame,
     ``well``, ``batch``, ``perturbation``). Per side, ``per_side`` wells are drawn without
     replacement from the ``ceil(tail * per_side)`` most extreme wells that have imaged sites
     (all batches pooled), and one site per drawn well (a QC-passing one where the well has any);
-    the draws are seeded by ``seed``, the component name and the side. Rank 1 = most extreme."""
+    the draws are seeded by ``seed``, the component name and the side. Rank 1 = most extreme.
+    ``by_well``: :func:`sites_by_well` of ``manifest`` when the caller has it already."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if len(values) != len(obs):
         raise InputError("gallery", f"{len(values)} values for {len(obs)} wells")
     keys = obs["plate"].astype(str).to_numpy() + ":" + obs["well"].astype(str).to_numpy()
-    manifest = manifest.assign(_key=manifest["plate"] + ":" + manifest["well"])
-    by_well = {key: group for key, group in manifest.groupby("_key", sort=False)}
-    imaged = np.array([k in by_well for k in keys]) & np.isfinite(values)
+    by_well = sites_by_well(manifest) if by_well is None else by_well
+    imaged = pd.Index(keys).isin(list(by_well)) & np.isfinite(values)
     if not imaged.any():
         raise InputError("gallery", "no well of the post-processed data has a site in the plate "
                                     "manifests (plate and well columns do not match)")
@@ -157,7 +165,7 @@ def extreme_sites(values: np.ndarray, obs: pd.DataFrame, manifest: pd.DataFrame,
         drawn = rng.choice(pool, size=min(per_side, len(pool)), replace=False)
         drawn = drawn[np.argsort(values[drawn] * (1 if side == "low" else -1), kind="stable")]
         for rank, i in enumerate(drawn, start=1):
-            sites = by_well[keys[i]]
+            sites = manifest.iloc[by_well[keys[i]]]
             if "qc_pass" in sites.columns and sites["qc_pass"].astype(bool).any():
                 sites = sites[sites["qc_pass"].astype(bool)]
             site = sites.iloc[int(rng.integers(len(sites)))]
@@ -316,11 +324,6 @@ def _save(fig, out_png: str | os.PathLike) -> None:
 
 # --- loadings (profile inputs) ----------------------------------------------------------------
 
-#: Methods whose output is one fixed linear map of the features (after centring); the others
-#: (TVN, ComBat, Harmony: per-batch corrections) have no loadings of their own.
-LINEAR_METHODS = ("pca", "pca_ica", "pca_rand", "ica_clean", "centerscale")
-
-
 def method_loadings(state: Mapping) -> np.ndarray | None:
     """Loadings (features x components) of a fitted method from its stored state
     (``uns["method"]["state"]``); None for methods without a fixed linear map.
@@ -329,29 +332,25 @@ def method_loadings(state: Mapping) -> np.ndarray | None:
     (in the units the method works in: standardised when it standardises, else raw) with the
     component, divided by the component's standard deviation: the change of the feature, per
     standard deviation of the component, that the component accounts for. On standardised
-    features it is the correlation of the feature with the component. Computed from the PCA
-    the method stores: Cov(x, Z) = C diag(eigenvalues) C^T W for any map W within the kept
-    principal subspace (exact there, since C holds eigenvectors of the covariance)."""
-    from .postprocess.ica import ICA
-    from .postprocess.whitening import Whitening
+    features it is the correlation of the feature with the component.
 
-    name = str(state.get("name", ""))
-    if name not in LINEAR_METHODS or "whitening" not in state:
+    Derived from the method's linear map (:func:`phenoica.tl.linear_map`) and the covariance its
+    PCA stores: for a map ``W`` within the kept principal subspace, Cov(x, x W) = C diag(eig)
+    C^T W (exact there, since C holds eigenvectors of the covariance). ``centerscale`` counts
+    as linear here: its PCA scores are only shifted and scaled per batch and component, which
+    leaves this pattern unchanged."""
+    from .postprocess.methods import method_from_state
+    from .tl import LINEAR_METHODS, linear_map
+
+    if str(state.get("name", "")) not in (*LINEAR_METHODS, "centerscale"):
         return None
-    white = Whitening.from_state(dict(state["whitening"]))
-    scale = np.sqrt(white.eigenvalues + white.reg)
-    mix = np.eye(white.n_components)  # whitened coordinates -> output components
-    if name in ("pca_ica", "ica_clean"):
-        ica = ICA.from_state(dict(state["ica"]))
-        pre = ica.whitening.projection() if ica.whitening is not None else np.eye(white.n_components)
-        mix = pre @ ica.unmixing.T
-        if name == "ica_clean":
-            mix = mix[:, np.asarray(state["keep"], dtype=np.int64).reshape(-1)]
-    elif name == "pca_rand":
-        mix = np.asarray(state["rotation"], dtype=np.float64).T
-    # Cov(x, Z) = C diag(eig) C^T (C diag(1/scale) mix) = C diag(eig / scale) mix
-    cov = (white.components * (white.eigenvalues / scale)) @ mix
-    var = np.einsum("pk,p,pk->k", mix, white.eigenvalues / scale**2, mix)
+    model = method_from_state(dict(state))
+    white = model.whitening
+    mapping = linear_map(model)
+    W = mapping[1] if mapping is not None else white.projection(whiten=False)
+    P = white.components.T @ (W * white.feature_scale[:, None])  # in the principal coordinates
+    cov = white.components @ (white.eigenvalues[:, None] * P)
+    var = np.einsum("pk,p,pk->k", P, white.eigenvalues, P)
     return cov / np.sqrt(np.clip(var, np.finfo(np.float64).tiny, None))
 
 
@@ -441,15 +440,6 @@ def draw_index(components: pd.DataFrame, chosen: pd.DataFrame, out_png: str | os
 
 # --- rule and notebook functions --------------------------------------------------------------
 
-def _read_adata(path: str | os.PathLike):
-    from .io import read_h5ad
-
-    try:
-        return read_h5ad(path)
-    except (OSError, KeyError) as exc:
-        raise InputError(path, f"cannot read as AnnData: {exc}") from exc
-
-
 def _read_wells(wells_path: str | os.PathLike, with_X: bool = False):
     """(feature names, wells index, X or None) of the wells AnnData the method was fitted on."""
     import anndata as ad
@@ -465,29 +455,14 @@ def _read_wells(wells_path: str | os.PathLike, with_X: bool = False):
         wells.file.close()
 
 
-def component_figure(adata, components: pd.DataFrame, component: str, out_png: str | os.PathLike,
-                     *, method: str, channels: Sequence[str], seed: int,
-                     manifest: pd.DataFrame | None, wells: str | os.PathLike | None,
-                     per_side: int, tail: float, palette: Sequence[str],
-                     channel_colors: Mapping[str, str | None], percentiles: Sequence[float],
-                     crop: int | None, top_features: int) -> pd.DataFrame:
-    """Draw one component's figure (sites when ``manifest`` is given, else the loadings over
-    the features of the wells AnnData ``wells``) and return its recorded rows (sites or
-    loadings)."""
-    if component not in components.index:
-        raise InputError(component, f"no component of that name in {method!r}; known: "
-                                    f"{list(components.index)}")
-    row = components.loc[component].to_dict()
-    row.setdefault("chosen_for", "request")
-    title = _title(method, {"component": component, **row})
+def figure_sources(adata, *, method: str, manifest: pd.DataFrame | None,
+                   wells: str | os.PathLike | None) -> dict:
+    """What every component figure of one method reads, read and computed once per method:
+    ``by_well`` (:func:`sites_by_well`) with ``manifest`` (image sources), else the loadings
+    over the features of the wells AnnData ``wells``: ``loadings`` (features x components),
+    ``features`` and ``kind`` (:data:`LOADING_COLUMNS`)."""
     if manifest is not None:
-        j = list(adata.var_names).index(component)
-        sites = extreme_sites(np.asarray(adata.X)[:, j], adata.obs, manifest, method=method,
-                              component=component, per_side=per_side, tail=tail, seed=seed)
-        colours = channel_rgb(channels, palette=palette, channel_colors=channel_colors)
-        draw_site_gallery(sites, out_png, title=title, channels=channels, colours=colours,
-                          percentiles=percentiles, crop=crop)
-        return sites[SITE_COLUMNS]
+        return {"manifest": manifest, "by_well": sites_by_well(manifest)}
     if wells is None:
         raise InputError(method, "a loadings figure needs the wells AnnData (its features)")
     loadings, kind = method_loadings(dict(adata.uns["method"]["state"])), "loading"
@@ -496,8 +471,37 @@ def component_figure(adata, components: pd.DataFrame, component: str, out_png: s
         if names != [str(v) for v in adata.obs_names]:
             raise InputError(wells, f"its wells are not those of the {method!r} output")
         loadings, kind = feature_correlations(X, np.asarray(adata.X)), "correlation"
-    table = top_loadings(loadings, features, list(adata.var_names), [component], method=method,
-                         top_features=top_features, kind=kind)
+    return {"loadings": loadings, "features": features, "kind": kind}
+
+
+def _check_component(components: pd.DataFrame, component: str, method: str) -> None:
+    if component not in components.index:
+        raise InputError(component, f"no component of that name in {method!r}; known: "
+                                    f"{list(components.index)}")
+
+
+def component_figure(adata, components: pd.DataFrame, component: str, out_png: str | os.PathLike,
+                     *, method: str, channels: Sequence[str], seed: int, sources: Mapping,
+                     per_side: int, tail: float, palette: Sequence[str],
+                     channel_colors: Mapping[str, str | None], percentiles: Sequence[float],
+                     crop: int | None, top_features: int) -> pd.DataFrame:
+    """Draw one component's figure (sites when ``sources`` (:func:`figure_sources`) has a
+    manifest, else the loadings) and return its recorded rows (sites or loadings)."""
+    _check_component(components, component, method)
+    row = components.loc[component].to_dict()
+    row.setdefault("chosen_for", "request")
+    title = _title(method, {"component": component, **row})
+    if "manifest" in sources:
+        j = list(adata.var_names).index(component)
+        sites = extreme_sites(np.asarray(adata.X)[:, j], adata.obs, sources["manifest"], method=method,
+                              component=component, per_side=per_side, tail=tail, seed=seed,
+                              by_well=sources["by_well"])
+        colours = channel_rgb(channels, palette=palette, channel_colors=channel_colors)
+        draw_site_gallery(sites, out_png, title=title, channels=channels, colours=colours,
+                          percentiles=percentiles, crop=crop)
+        return sites[SITE_COLUMNS]
+    table = top_loadings(sources["loadings"], sources["features"], list(adata.var_names), [component],
+                         method=method, top_features=top_features, kind=sources["kind"])
     draw_loadings(table, out_png, title=title)
     return table
 
@@ -516,13 +520,16 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
     ``components.tsv`` (the shown components, their label, stability, shares and why chosen).
     ``params.json`` records the seed, the settings, the inputs and the phenoica version.
     The keyword-only arguments are the ``gallery`` config section (config/README.md)."""
-    adata = _read_adata(postprocessed_path)
+    from .io import read_h5ad
+
+    adata = read_h5ad(postprocessed_path)
     components = component_table(scores_tsv, method)
     if list(components.index) != [str(v) for v in adata.var_names]:
         raise InputError(scores_tsv, f"its components of {method!r} are not those of "
                                      f"{postprocessed_path}")
     chosen = choose_components(components, top_n)
     manifest = read_manifests(manifest_paths, channels) if manifest_paths else None
+    sources = figure_sources(adata, method=method, manifest=manifest, wells=wells_path)
     records = []
     with atomic_path(out_dir, is_dir=True) as tmp:
         tmp = Path(tmp)
@@ -532,8 +539,7 @@ def run_component_gallery(postprocessed_path: str, scores_tsv: str, out_dir: str
             table = components.assign(chosen_for=row["chosen_for"])
             records.append(component_figure(adata, table, row["component"],
                                             tmp / f"{row['component']}.png", method=method,
-                                            channels=channels, seed=seed, manifest=manifest,
-                                            wells=None if manifest is not None else wells_path,
+                                            channels=channels, seed=seed, sources=sources,
                                             **settings))
         draw_index(components, chosen, tmp / "index.png", method=method)
         chosen.insert(0, "method", method)
@@ -567,6 +573,7 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
     import copy
 
     from .config import load_config, section_arguments, validate_config
+    from .io import read_h5ad
 
     config = (load_config(config) if isinstance(config, (str, os.PathLike))
               else validate_config(copy.deepcopy(dict(config))))
@@ -581,8 +588,9 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
             raise InputError(path, f"not found: run the workflow for method {method!r} first "
                                    "(snakemake --cores N), or check config keys results, model.id "
                                    "and postprocess.methods")
-    adata = _read_adata(post)
+    adata = read_h5ad(post)
     components = component_table(scores, method)
+    _check_component(components, component, method)
     channels = [str(c["name"]) for c in config["channels"]]
     manifest, wells = None, None
     if config["source"] == "profiles":
@@ -592,9 +600,9 @@ def component_gallery(config: Mapping | str | os.PathLike, method: str, componen
         if not paths:
             raise InputError(results / "plates", "holds no plate manifest (*/manifest.parquet)")
         manifest = read_manifests(paths, channels)
+    sources = figure_sources(adata, method=method, manifest=manifest, wells=wells)
     table = component_figure(adata, components, component, out_png, method=method,
-                             channels=channels, seed=seed, manifest=manifest, wells=wells,
-                             **settings)
+                             channels=channels, seed=seed, sources=sources, **settings)
     tsv = Path(out_png).with_suffix(".tsv")
     table.to_csv(tsv, sep="\t", index=False)
     log.info("wrote %s and %s", out_png, tsv)

@@ -203,16 +203,12 @@ def load_fitted(fitted) -> tuple[Any, dict]:
         return fitted, {}
     origin: dict = {}
     if isinstance(fitted, (str, os.PathLike)):
-        from .io import read_h5ad
+        from .io import read_uns_entry
         from .provenance import file_sha256
 
         path = str(fitted)
-        try:
-            adata = read_h5ad(path)
-        except (OSError, KeyError) as exc:
-            raise InputError(path, f"cannot read as AnnData: {exc}") from exc
+        fitted = read_uns_entry(path, "method") or {}  # the stored fit only, not the wells
         origin = {"source": path, "sha256": file_sha256(path)}
-        fitted = adata
         where = path
     else:
         where = "fitted"
@@ -249,8 +245,9 @@ def apply(adata, fitted, *, use_rep: str | None = "X", key_added: str | None = N
 
 
 def _stored_method(adata, use_rep):
-    """The fitted method behind representation ``use_rep``: the uns entry whose ``obsm_key`` is
-    ``use_rep``, or the workflow output's ``uns["method"]`` for ``X``; None when there is none."""
+    """``(uns entry, fitted method)`` behind representation ``use_rep``: the uns entry whose
+    ``obsm_key`` is ``use_rep``, or the workflow output's ``uns["method"]`` for ``X``;
+    ``(None, None)`` when there is none."""
     from .postprocess.methods import method_from_state
 
     if use_rep in (None, "", "X"):
@@ -259,8 +256,8 @@ def _stored_method(adata, use_rep):
         entry = next((v for v in adata.uns.values()
                       if hasattr(v, "get") and v.get("obsm_key") == use_rep and "state" in v), None)
     if not entry or "state" not in entry:
-        return None
-    return method_from_state(dict(entry["state"]))
+        return None, None
+    return entry, method_from_state(dict(entry["state"]))
 
 
 def score(adata, *, use_rep: str | None = "X", key_added: str | None = None, method: str | None = None,
@@ -286,7 +283,7 @@ def score(adata, *, use_rep: str | None = "X", key_added: str | None = None, met
     if unknown:
         raise ConfigError(f"phenoica.tl.score: unknown scores key(s) {unknown}; known: {sorted(defaults)}")
     Z = representation(adata, use_rep)
-    fitted = _stored_method(adata, use_rep)
+    entry, fitted = _stored_method(adata, use_rep)
     stability = threshold = None
     if fitted is not None and fitted.component_stability() is not None:
         stability = np.asarray(fitted.component_stability(), dtype=np.float64)
@@ -298,8 +295,7 @@ def score(adata, *, use_rep: str | None = "X", key_added: str | None = None, met
                                     f"{Z.shape[1]} components")
     if use_rep in (None, "", "X"):
         names = list(adata.var_names)
-    elif fitted is not None:
-        entry = next(v for v in adata.uns.values() if hasattr(v, "get") and v.get("obsm_key") == use_rep)
+    elif entry is not None:
         names = [str(n) for n in entry["component_names"]]
     else:
         names = None

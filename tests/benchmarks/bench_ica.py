@@ -76,7 +76,7 @@ def run_ours(X: np.ndarray, k: int, tol: float, max_iter: int, seed: int):
                        for rows, its in zip(ica.stage_rows, ica.stage_n_iter))
     iters = f"{ica.n_restarts} restarts {stages}; refine on {X.shape[0]} rows: {ica.refine_n_iter}"
     stab = f"stability min {np.nanmin(ica.stability):.3f}" if np.isfinite(ica.stability).any() else ""
-    return {"method": f"phenoica ({ica.backend})", "time": elapsed, "W": ica.unmixing @ wh.projection().T,
+    return {"method": f"phenoica ({ica.backend})", "time": elapsed, "W": ica.full_unmixing @ wh.projection().T,
             "n_iter": ica.n_iter, "converged": ica.converged, "detail": f"{iters}; {stab}"}
 
 

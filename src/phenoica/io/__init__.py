@@ -11,6 +11,7 @@ from ..lazy import lazy_getattr
 
 _SOURCES = {
     "read_h5ad": "anndata",
+    "read_uns_entry": "anndata",
     "sanitize_key": "anndata",
     "sanitize_uns": "anndata",
     "standardize_obs": "anndata",
@@ -21,17 +22,7 @@ _SOURCES = {
     "write_tsv": "tables",
 }
 
-__all__ = [
-    "atomic_path",
-    "atomic_write_text",
-    "read_h5ad",
-    "read_table",
-    "sanitize_key",
-    "sanitize_uns",
-    "standardize_obs",
-    "write_h5ad",
-    "write_tsv",
-]
+__all__ = sorted(_SOURCES)
 
 __getattr__ = lazy_getattr(__name__, _SOURCES)
 

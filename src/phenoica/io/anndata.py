@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .atomic import atomic_path
 
 CATEGORICAL_OBS = ("plate", "well", "batch", "perturbation")
@@ -63,4 +64,22 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
 
 
 def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
-    return ad.read_h5ad(path)
+    """Read an .h5ad file; one that cannot be read is an InputError naming it."""
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError) as exc:
+        raise InputError(path, f"cannot read as AnnData: {exc}") from exc
+
+
+def read_uns_entry(path: str | os.PathLike, key: str):
+    """``uns[key]`` of an .h5ad file, read alone (not its X, obs or var, as :func:`read_h5ad`
+    would); None when the file has no such entry. An unreadable file is an InputError."""
+    import h5py
+    from anndata.io import read_elem
+
+    try:
+        with h5py.File(path, "r") as handle:
+            node = handle.get(f"uns/{key}")
+            return None if node is None else read_elem(node)
+    except (OSError, KeyError) as exc:
+        raise InputError(path, f"cannot read as AnnData: {exc}") from exc

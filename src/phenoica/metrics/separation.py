@@ -459,16 +459,13 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
     ``bio_key``: obs column of the biology label (``labels.biology``; null = the perturbation);
     the keyword-only arguments: the ``scores`` config section. Ground truth is scored when the
     AnnData has ``obsm["truth_biology"]`` / ``obsm["truth_batch"]``; the ICA stability index
-    and threshold come from the fitted method in ``uns["method"]`` (:func:`method_stability`).
+    and threshold come from the fitted method in ``uns["method"]`` (:func:`phenoica.tl.score`).
     """
     from .. import tl
     from ..io import read_h5ad, write_tsv
 
     scores = section_values(run_scores, locals())
-    try:
-        adata = read_h5ad(postprocessed_path)
-    except (OSError, KeyError) as exc:
-        raise InputError(postprocessed_path, f"cannot read as AnnData: {exc}") from exc
+    adata = read_h5ad(postprocessed_path)
     try:  # the notebook verb: read, phenoica.tl.score, write
         long = tl.score(adata, use_rep="X", method=method, bio_key=bio_key or None, **scores)
     except InputError as exc:
@@ -476,21 +473,6 @@ def run_scores(postprocessed_path: str, out_tsv: str, method: str, bio_key: str 
         raise InputError(postprocessed_path, f"{where}{exc.problem}") from exc
     write_tsv(long, out_tsv)
     log.info("scores for %s: %d rows -> %s", method, len(long), out_tsv)
-
-
-def method_stability(uns) -> tuple[np.ndarray | None, float | None]:
-    """Per output component, the ICA stability index of the method stored in a post-processed
-    AnnData's ``uns["method"]``, and that method's ``stability_threshold``; ``(None, None)``
-    for methods without ICA (or no stored method)."""
-    if "method" not in uns or "state" not in uns["method"]:
-        return None, None
-    from ..postprocess.run import load_method
-
-    fitted = load_method(uns)
-    stability = fitted.component_stability()
-    if stability is None:
-        return None, None
-    return np.asarray(stability, dtype=np.float64), float(fitted.params["stability_threshold"])
 
 
 # --- batch mixing and biology conservation (rotation invariant) ------------------------------

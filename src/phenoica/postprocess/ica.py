@@ -116,9 +116,10 @@ def _logcosh(y: np.ndarray) -> np.ndarray:
     return a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)
 
 
-def negentropy(S: np.ndarray) -> np.ndarray:
-    """Per-column log-cosh negentropy approximation of unit-variance sources (n x k)."""
-    return (_logcosh(np.asarray(S, dtype=np.float64)).mean(axis=0) - LOGCOSH_GAUSS) ** 2
+def summed_negentropy(lc: np.ndarray) -> np.ndarray:
+    """The restarts' ranking objective: the log-cosh negentropy approximation summed over the
+    components, from each component's mean log cosh ``lc`` (..., k) on unit-variance sources."""
+    return ((lc - LOGCOSH_GAUSS) ** 2).sum(axis=-1)
 
 
 def sym_decorrelation(W: np.ndarray) -> np.ndarray:
@@ -570,7 +571,7 @@ def _finalise(X: np.ndarray, W: np.ndarray, chunk_rows: int = 16384):
     signs = np.where(m3 < 0, -1.0, 1.0)
     kurt = m4 / n - 3.0
     order = np.lexsort((np.arange(k), -kurt))
-    objective = float(((g - LOGCOSH_GAUSS) ** 2).sum())
+    objective = float(summed_negentropy(g))
     return (W * signs[:, None])[order], kurt[order], objective, order
 
 
@@ -647,7 +648,7 @@ def _torch_restarts(X: np.ndarray, inits: np.ndarray, tol: float, max_iter: int,
             break
         enough = bool(conv.all())
         if enough and R >= MIN_STABILITY_RESTARTS:
-            objectives = ((lc - LOGCOSH_GAUSS) ** 2).sum(axis=1)
+            objectives = summed_negentropy(lc)
             winner = _winner(conv, objectives)
             stability = _stability(Xr, Ws[winner], [Ws[r] for r in range(R) if r != winner])
             enough = bool(np.nanmin(stability) >= stability_threshold)
@@ -737,7 +738,7 @@ def fit_ica(Z: np.ndarray, *, n_components: int | None = None, backend: str = "a
         conv = np.array([c for _, _, c in results], dtype=bool)
         lc = np.stack([_logcosh(np.asarray(Xr, dtype=np.float64) @ W.T).mean(axis=0) for W in Ws])
         stages = [(n, iters)]
-    objectives = ((lc - LOGCOSH_GAUSS) ** 2).sum(axis=1)
+    objectives = summed_negentropy(lc)
     winner = _winner(conv, objectives)
     if not conv.any():
         log.warning("ICA (%s): none of %d restarts converged to tol=%g in %d iterations on %d rows; "

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io import read_h5ad, sanitize_uns, write_h5ad
+from ..io import read_h5ad, read_uns_entry, sanitize_uns, write_h5ad
 from ..logs import get_logger
 from ..provenance import add_record
 from .methods import fitting_mask
@@ -63,7 +63,7 @@ def run_postprocess(wells_path: str, *, out_path: str, method: str, params: dict
         run_frozen(wells_path, out_path=out_path, method=method, layer=layer, fitted=fitted)
         return
     params = dict(params or {})
-    adata = _read_wells(wells_path)
+    adata = read_h5ad(wells_path)
     use_rep = None if layer is None or str(layer) == "" else layer
     try:
         mask = fitting_mask(adata.obs, fit_on, train_batches)
@@ -90,11 +90,10 @@ def run_frozen(wells_path: str, *, out_path: str, method: str, layer: str | None
     from .. import tl
     from ..provenance import file_sha256
 
-    try:
-        stored = read_h5ad(fitted)
-    except (OSError, KeyError) as exc:
-        raise InputError(fitted, f"cannot read as AnnData (config key postprocess.fitted): {exc}") from exc
-    source = stored.uns.get("method", {})
+    try:  # the stored fit only, not the earlier run's wells
+        source = read_uns_entry(fitted, "method") or {}
+    except InputError as exc:
+        raise InputError(fitted, f"{exc.problem} (config key postprocess.fitted)") from exc
     if "state" not in source:
         raise InputError(fitted, "holds no fitted post-processing method (config key postprocess.fitted)")
     if str(source.get("name")) != method:
@@ -104,7 +103,7 @@ def run_frozen(wells_path: str, *, out_path: str, method: str, layer: str | None
     if stored_layer != ("" if layer is None else str(layer)):
         raise InputError(fitted, f"was fitted on layer {stored_layer or 'X'!r}, the config's postprocess.layer "
                                  f"is {layer or 'X'!r} (config key postprocess.fitted)")
-    adata = _read_wells(wells_path)
+    adata = read_h5ad(wells_path)
     sha = file_sha256(fitted)
     try:
         tl.apply(adata, dict(source), use_rep=layer or None, key_added="postprocess")
@@ -121,13 +120,6 @@ def run_frozen(wells_path: str, *, out_path: str, method: str, layer: str | None
     _write_output(adata, entry, meta, wells_path=wells_path, out_path=out_path, inputs=[fitted],
                   record_params={"method": method, "params": full_params, "fit_on": meta["fit_on"],
                                  "layer": layer, "frozen_from": str(fitted), "frozen_sha256": sha})
-
-
-def _read_wells(wells_path: str) -> ad.AnnData:
-    try:
-        return read_h5ad(wells_path)
-    except (OSError, KeyError) as exc:
-        raise InputError(wells_path, f"cannot read as AnnData: {exc}") from exc
 
 
 def _in_file(exc: InputError, wells_path: str) -> InputError:
