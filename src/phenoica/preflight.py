@@ -235,6 +235,14 @@ class DataChecks:
         self.plates = list(plates)
         self.sheet = config.get("plates")
         self._done: set = set()
+        self._headers: dict[str, list[str]] = {}  # plate map -> header, read once
+
+    def _header(self, path: str) -> list[str]:
+        """The header of a plate map, read once (plates may share a map; ``columns`` and
+        ``ingest`` both need it)."""
+        if path not in self._headers:
+            self._headers[path] = read_header(path)
+        return self._headers[path]
 
     def _once(self, key) -> bool:
         if key in self._done:
@@ -253,7 +261,7 @@ class DataChecks:
         for path in dict.fromkeys(str(row["platemap"]) for row in self.plates):
             if not os.path.isfile(path):
                 return {}
-            out[path] = platemap_obs_columns(read_header(path))
+            out[path] = platemap_obs_columns(self._header(path))
         return out
 
     @property
@@ -309,7 +317,12 @@ class DataChecks:
 
     def plate_wells(self) -> list[tuple[str, str, int, int]] | None:
         """(plate, batch, wells, control wells) per plate from the plate maps; None while a
-        plate map does not exist yet."""
+        plate map does not exist yet. Worked out once (every method's postprocess and benchmark
+        check reads it)."""
+        return self._plate_wells
+
+    @functools.cached_property
+    def _plate_wells(self) -> list[tuple[str, str, int, int]] | None:
         control_values = self.config["ingest"]["control_values"]
         out = []
         for row in self.plates:
@@ -327,7 +340,7 @@ class DataChecks:
             return
         path = str(row["platemap"])
         if os.path.isfile(path):
-            problem = control_problem(read_header(path), path, self.config["ingest"]["control_values"])
+            problem = control_problem(self._header(path), path, self.config["ingest"]["control_values"])
             _raise([problem] if problem else [])
         if self.source == "plates":
             self.channel_tokens(row)
