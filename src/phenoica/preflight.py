@@ -441,7 +441,7 @@ class DataChecks:
         self.named_columns({f"postprocess.methods.{method}.{k}": spec[k]
                             for k in ("batch_key", "control_key", "bio_key") if isinstance(spec.get(k), str)})
 
-    def _fit_problems(self, method: str, fit: tuple[int, str, list[str]], gives: str,
+    def _fit_problems(self, method: str, fit: tuple[int, str, list[tuple[str, int]]], gives: str,
                       wells: list[tuple[str, str, int, int]]) -> list[str]:
         """A method fitted on ``fit`` (wells, what they are, per plate): enough wells for its
         components (n + 1 for n: a centred covariance of n wells has rank n - 1) and for a
@@ -457,7 +457,7 @@ class DataChecks:
             ask = f"{k} components need" if explicit else "a covariance needs"
             problems.append(f"config key {prefix}{'.n_components' if explicit else ''}: {ask} at least "
                             f"{need} wells to fit on; {gives} at most {have} ({what} in the plate maps "
-                            f"of {self.sheet}: {_files(per_plate)}); "
+                            f"of {self.sheet}: {_files([f'{n} on {p}' for p, n in per_plate])}); "
                             + ("lower n_components (null = the numerical rank of the fitting set) or "
                                if explicit else "")
                             + "fit on more wells (postprocess.fit_on)")
@@ -477,8 +477,10 @@ class DataChecks:
 
 
 def _fit_wells(wells: Sequence[tuple[str, str, int, int]], fit_on: str, train_batches: Sequence[str]
-               ) -> tuple[int, str, list[str]]:
-    """(wells a fit gets, what they are, 'n on plate' per plate) under ``fit_on``."""
+               ) -> tuple[int, str, list[tuple[str, int]]]:
+    """(wells a fit gets, what they are, (plate, wells) per plate) under ``fit_on``; the
+    per-plate text is written only for a message (the benchmark check runs once per held-out
+    batch over every plate)."""
     if fit_on == "controls":
         chosen = [(p, c) for p, _, _, c in wells]
         what = "control wells"
@@ -488,7 +490,7 @@ def _fit_wells(wells: Sequence[tuple[str, str, int, int]], fit_on: str, train_ba
     else:
         chosen = [(p, n) for p, _, n, _ in wells]
         what = "wells"
-    return sum(n for _, n in chosen), what, [f"{n} on {p}" for p, n in chosen]
+    return sum(n for _, n in chosen), what, chosen
 
 
 def _leave_one_batch_out(bench: Mapping[str, Any], n_batches: int) -> bool:
