@@ -333,9 +333,12 @@ class DataChecks:
         return out
 
     # --- per rule ----------------------------------------------------------------------------
-    def ingest(self, row: Mapping[str, str]) -> None:
+    def ingest(self, row: Mapping[str, str], tokens: set[str] | None = None) -> None:
         """One plate before ingest: its plate map says which wells are controls, and its image
-        file names carry every configured channel token."""
+        file names carry every configured channel token. ``tokens``: the channel tokens of the
+        plate's file names when the caller has listed them already
+        (``phenoica.io.layouts.list_image_paths(..., tokens=...)``, as the Snakefile's input
+        function does); None lists them here."""
         if not self._once(("ingest", row["plate"])) or self.source == "profiles":
             return
         path = str(row["platemap"])
@@ -343,14 +346,17 @@ class DataChecks:
             problem = control_problem(self._header(path), path, self.config["ingest"]["control_values"])
             _raise([problem] if problem else [])
         if self.source == "plates":
-            self.channel_tokens(row)
+            self.channel_tokens(row, tokens)
 
-    def channel_tokens(self, row: Mapping[str, str]) -> None:
-        from .io.layouts import file_channel_tokens, plate_folder
+    def channel_tokens(self, row: Mapping[str, str], found: set[str] | None = None) -> None:
+        """Every configured channel token is among ``found``, the tokens of the plate's file
+        names (None: listed here)."""
+        from .io.layouts import list_image_paths, plate_folder
 
         channels = self.config["channels"]
-        wanted = [str(c["token"]) for c in channels]
-        found = file_channel_tokens(row, wanted)
+        if found is None:
+            found = set()
+            list_image_paths(row, channels, tokens=found)
         if not found:  # no image yet, or none that parses: ingest reports it with the file names
             return
         key = {str(int(t)) if t.strip().isdigit() else t.strip(): c["name"] for t, c in
