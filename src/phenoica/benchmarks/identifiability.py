@@ -73,8 +73,7 @@ from ..metrics.identifiability import (
     fit_whitened_ica,
     ica_efficiency,
     ica_stability,
-    numerical_rank,
-    principal_subspace,
+    principal_axes,
     split_rows,
     stable_k,
 )
@@ -217,9 +216,11 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
     tables = []
     for layer in progress(layers, desc="alignment (layers)"):
         reps = [_representation(a, layer, rows, path) for a, path in zip(adatas, embeddings)]
-        rank = min(numerical_rank(r[fit]) for r in reps)
+        axes = [principal_axes(r[fit]) for r in reps]  # one SVD per seed and layer, for every k
+        rank = min(ax.rank for ax in axes)
         for kk in k_grid(dims, k, rank=rank, n_fit=int(fit.sum())):
-            projected = [principal_subspace(r[fit], kk).project(r[fit]) for r in reps]
+            subspaces = [ax.subspace(kk) for ax in axes]
+            projected = [sub.project(r[fit]) for sub, r in zip(subspaces, reps)]
             fits = [fit_whitened_ica(z, n_components=kk, seed=int(ica_seed), backend=ica_backend)
                     if "ica" in maps else None for z in projected]
             for i in order:
@@ -232,7 +233,8 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
                 t = alignment_errors(reps[a][fit], reps[b][fit], reps[a][~fit], reps[b][~fit], maps=tuple(maps), k=kk,
                                      diameter=diameter, seed=int(ica_seed), ica_backend=ica_backend,
                                      linear_ridge=linear_ridge,
-                                     ica_fits=(fits[a], fits[b]) if "ica" in maps else None)
+                                     ica_fits=(fits[a], fits[b]) if "ica" in maps else None,
+                                     subspaces=(subspaces[a], subspaces[b]))
                 t.insert(0, "k", kk)
                 t.insert(0, "seed_b", int(seeds[b]))
                 t.insert(0, "seed_a", int(seeds[a]))
