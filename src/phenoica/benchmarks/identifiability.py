@@ -56,13 +56,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..config import section_values
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_tsv
 from ..logs import get_logger, progress
@@ -77,7 +78,7 @@ from ..metrics.identifiability import (
     split_rows,
     stable_k,
 )
-from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys, keyword_only
+from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys
 
 log = get_logger(__name__)
 
@@ -323,9 +324,9 @@ def identifiability_alignment(embeddings: Sequence[str | os.PathLike], seeds: Se
     ``settings``: the keyword arguments of :func:`alignment_table` and :func:`summarize_alignment`
     (``ALIGNMENT_KEYS``)."""
     _check_keys(settings, ALIGNMENT_KEYS)
-    table = alignment_table(embeddings, seeds, **_keywords_for(alignment_table, settings))
+    table = alignment_table(embeddings, seeds, **section_values(alignment_table, settings))
     write_tsv(table, out_tsv)
-    summary = summarize_alignment(table, **_keywords_for(summarize_alignment, settings))
+    summary = summarize_alignment(table, **section_values(summarize_alignment, settings))
     write_tsv(summary, out_summary)
     if out_png is not None:
         plot_alignment(summary, out_png, stability_threshold=float(settings["stability_threshold"]))
@@ -552,10 +553,6 @@ def _save_figure(fig, out_png: str | os.PathLike) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def _keywords_for(func: Callable[..., Any], settings: dict[str, Any]) -> dict[str, Any]:
-    return {key: settings[key] for key in keyword_only(func)}
 
 
 def _check_keys(settings: dict[str, Any], expected: tuple[str, ...]) -> None:
