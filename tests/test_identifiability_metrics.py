@@ -20,6 +20,7 @@ from phenoica.metrics.identifiability import (
     ica_stability,
     latent_diameter,
     numerical_rank,
+    principal_axes,
     principal_subspace,
     rigid_error_bound,
     rotation_null,
@@ -182,6 +183,23 @@ def test_principal_subspace_projection():
         principal_subspace(P, 3)
     assert ica_efficiency(0.2, 0.2, 0.1) != ica_efficiency(0.2, 0.2, 0.1)  # NaN when perm and rigid tie
     assert ica_efficiency(0.3, 0.1, 0.2) == pytest.approx(0.5)
+
+
+def test_principal_axes_give_every_subspace_of_one_svd():
+    """A k sweep takes each representation's subspaces from one SVD (principal_axes): the same
+    subspaces, rank and alignment errors as computing them per k and per pair."""
+    A, B = _rotated_runs(200, 4, 8, gaussian=False, seed=5)
+    fit = split_rows(len(A), fit_fraction=0.5, seed=0)
+    axes_a, axes_b = principal_axes(A[fit]), principal_axes(B[fit])
+    assert axes_a.rank == numerical_rank(A[fit])
+    for k in (2, 4):
+        np.testing.assert_array_equal(axes_a.subspace(k).basis, principal_subspace(A[fit], k).basis)
+        given = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], k=k, maps=("permutation", "rigid"),
+                                 subspaces=(axes_a.subspace(k), axes_b.subspace(k)))
+        computed = alignment_errors(A[fit], B[fit], A[~fit], B[~fit], k=k, maps=("permutation", "rigid"))
+        pd.testing.assert_frame_equal(given, computed)
+    with pytest.raises(ValueError, match="numerical rank"):
+        axes_a.subspace(axes_a.rank + 1)
 
 
 def test_alignment_errors_validates_inputs():

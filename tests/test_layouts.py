@@ -266,6 +266,26 @@ def test_fast_listing_matches_the_parsed_table(tmp_path):
         assert parsed
 
 
+def test_listing_gives_every_channel_token_of_the_file_names(tmp_path):
+    """The DAG-time listing also collects the tokens of the file names, configured or not (the
+    channels check of phenoica.preflight reads them from the same scan); none for LoadData."""
+    write_rxrx_plate(tmp_path / "P1")
+    (tmp_path / "P1" / "A01_s1_w09.tif").write_bytes(b"")  # token not configured
+    tokens: set[str] = set()
+    files = plate_image_files({"plate": "P1", "layout": "rxrx", "path": str(tmp_path)}, RXRX_CHANNELS,
+                              tokens=tokens)
+    assert tokens == {"1", "2", "3", "9"} and len(files) == 12
+    fly: set[str] = set()
+    plate_image_files({"plate": "f", "layout": "pattern", "path": FLY, "pattern": FLY_PATTERN},
+                      FLY_CHANNELS[:1], tokens=fly)
+    assert fly == {"D", "F", "R"}
+    csv = loaddata_csv(tmp_path / "ld.csv", [phenix_loaddata_rows()])
+    none: set[str] = set()
+    assert plate_image_files({"plate": "BR00143976", "layout": "loaddata", "path": str(csv)},
+                             LOADDATA_CHANNELS, tokens=none)
+    assert none == set()
+
+
 def test_loaddata_row_col_and_field_columns(tmp_path):
     row = phenix_loaddata_rows()
     del row["Metadata_Well"], row["Metadata_Site"]

@@ -52,13 +52,16 @@ log = get_logger(__name__)
 QC_FLAGS = ("saturated", "blank", "out_of_focus")
 
 
-def plate_image_files(plate_row: Mapping, channels: Sequence[Mapping]) -> list[str]:
+def plate_image_files(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[Channel], *,
+                      tokens: set[str] | None = None) -> list[str]:
     """The plate's image files (no pixels read), for the Snakefile input function.
 
     Returns ``[]`` when the folder or LoadData CSV does not exist yet (e.g. the demo simulator has
     not run). Files whose names do not parse are left out here; ``ingest_plate`` reports them.
+    ``tokens``: a set that gets every channel token of the file names
+    (:func:`phenoica.io.layouts.list_image_paths`).
     """
-    return list_image_paths(plate_row, channels)
+    return list_image_paths(plate_row, channels, tokens=tokens)
 
 
 def focus_score(image: np.ndarray) -> float:

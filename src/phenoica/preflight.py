@@ -235,6 +235,14 @@ class DataChecks:
         self.plates = list(plates)
         self.sheet = config.get("plates")
         self._done: set = set()
+        self._headers: dict[str, list[str]] = {}  # plate map -> header, read once
+
+    def _header(self, path: str) -> list[str]:
+        """The header of a plate map, read once (plates may share a map; ``columns`` and
+        ``ingest`` both need it)."""
+        if path not in self._headers:
+            self._headers[path] = read_header(path)
+        return self._headers[path]
 
     def _once(self, key) -> bool:
         if key in self._done:
@@ -253,7 +261,7 @@ class DataChecks:
         for path in dict.fromkeys(str(row["platemap"]) for row in self.plates):
             if not os.path.isfile(path):
                 return {}
-            out[path] = platemap_obs_columns(read_header(path))
+            out[path] = platemap_obs_columns(self._header(path))
         return out
 
     @property
@@ -309,7 +317,12 @@ class DataChecks:
 
     def plate_wells(self) -> list[tuple[str, str, int, int]] | None:
         """(plate, batch, wells, control wells) per plate from the plate maps; None while a
-        plate map does not exist yet."""
+        plate map does not exist yet. Worked out once (every method's postprocess and benchmark
+        check reads it)."""
+        return self._plate_wells
+
+    @functools.cached_property
+    def _plate_wells(self) -> list[tuple[str, str, int, int]] | None:
         control_values = self.config["ingest"]["control_values"]
         out = []
         for row in self.plates:
@@ -320,24 +333,30 @@ class DataChecks:
         return out
 
     # --- per rule ----------------------------------------------------------------------------
-    def ingest(self, row: Mapping[str, str]) -> None:
+    def ingest(self, row: Mapping[str, str], tokens: set[str] | None = None) -> None:
         """One plate before ingest: its plate map says which wells are controls, and its image
-        file names carry every configured channel token."""
+        file names carry every configured channel token. ``tokens``: the channel tokens of the
+        plate's file names when the caller has listed them already
+        (``phenoica.io.layouts.list_image_paths(..., tokens=...)``, as the Snakefile's input
+        function does); None lists them here."""
         if not self._once(("ingest", row["plate"])) or self.source == "profiles":
             return
         path = str(row["platemap"])
         if os.path.isfile(path):
-            problem = control_problem(read_header(path), path, self.config["ingest"]["control_values"])
+            problem = control_problem(self._header(path), path, self.config["ingest"]["control_values"])
             _raise([problem] if problem else [])
         if self.source == "plates":
-            self.channel_tokens(row)
+            self.channel_tokens(row, tokens)
 
-    def channel_tokens(self, row: Mapping[str, str]) -> None:
-        from .io.layouts import file_channel_tokens, plate_folder
+    def channel_tokens(self, row: Mapping[str, str], found: set[str] | None = None) -> None:
+        """Every configured channel token is among ``found``, the tokens of the plate's file
+        names (None: listed here)."""
+        from .io.layouts import list_image_paths, plate_folder
 
         channels = self.config["channels"]
-        wanted = [str(c["token"]) for c in channels]
-        found = file_channel_tokens(row, wanted)
+        if found is None:
+            found = set()
+            list_image_paths(row, channels, tokens=found)
         if not found:  # no image yet, or none that parses: ingest reports it with the file names
             return
         key = {str(int(t)) if t.strip().isdigit() else t.strip(): c["name"] for t, c in
@@ -428,7 +447,7 @@ class DataChecks:
         self.named_columns({f"postprocess.methods.{method}.{k}": spec[k]
                             for k in ("batch_key", "control_key", "bio_key") if isinstance(spec.get(k), str)})
 
-    def _fit_problems(self, method: str, fit: tuple[int, str, list[str]], gives: str,
+    def _fit_problems(self, method: str, fit: tuple[int, str, list[tuple[str, int]]], gives: str,
                       wells: list[tuple[str, str, int, int]]) -> list[str]:
         """A method fitted on ``fit`` (wells, what they are, per plate): enough wells for its
         components (n + 1 for n: a centred covariance of n wells has rank n - 1) and for a
@@ -444,7 +463,7 @@ class DataChecks:
             ask = f"{k} components need" if explicit else "a covariance needs"
             problems.append(f"config key {prefix}{'.n_components' if explicit else ''}: {ask} at least "
                             f"{need} wells to fit on; {gives} at most {have} ({what} in the plate maps "
-                            f"of {self.sheet}: {_files(per_plate)}); "
+                            f"of {self.sheet}: {_files([f'{n} on {p}' for p, n in per_plate])}); "
                             + ("lower n_components (null = the numerical rank of the fitting set) or "
                                if explicit else "")
                             + "fit on more wells (postprocess.fit_on)")
@@ -464,8 +483,10 @@ class DataChecks:
 
 
 def _fit_wells(wells: Sequence[tuple[str, str, int, int]], fit_on: str, train_batches: Sequence[str]
-               ) -> tuple[int, str, list[str]]:
-    """(wells a fit gets, what they are, 'n on plate' per plate) under ``fit_on``."""
+               ) -> tuple[int, str, list[tuple[str, int]]]:
+    """(wells a fit gets, what they are, (plate, wells) per plate) under ``fit_on``; the
+    per-plate text is written only for a message (the benchmark check runs once per held-out
+    batch over every plate)."""
     if fit_on == "controls":
         chosen = [(p, c) for p, _, _, c in wells]
         what = "control wells"
@@ -475,7 +496,7 @@ def _fit_wells(wells: Sequence[tuple[str, str, int, int]], fit_on: str, train_ba
     else:
         chosen = [(p, n) for p, _, n, _ in wells]
         what = "wells"
-    return sum(n for _, n in chosen), what, [f"{n} on {p}" for p, n in chosen]
+    return sum(n for _, n in chosen), what, chosen
 
 
 def _leave_one_batch_out(bench: Mapping[str, Any], n_batches: int) -> bool:

@@ -6,6 +6,7 @@ import os
 from phenoica.config import canonical, section_arguments, validate_config
 from phenoica.identifiers import IDENTIFIER_PATTERN as IDENTIFIER
 from phenoica.identifiers import METHOD_NAME_PATTERN as METHOD_NAME
+from phenoica.io.layouts import parse_channels
 from phenoica.preflight import DataChecks
 from phenoica.workflow import check_results_folder, results_data
 
@@ -26,6 +27,8 @@ SEED = config["seed"]
 SIM_ROOT = config["simulate"]["root"]
 CHANNELS = config["channels"]
 CHANNEL_NAMES = [channel["name"] for channel in CHANNELS]
+# parsed once (not once per plate by the input functions that list image files)
+CHANNEL_SPECS = parse_channels(CHANNELS)
 MODEL = config["model"]["id"]
 # sorted: the methods are a set (their order in the config means nothing, so reordering them
 # changes no job and no table)
@@ -110,17 +113,22 @@ def figure_checks(wildcards):
 
 
 def ingest_inputs(wildcards):
-    """The plate map and every raw image of one plate, so touching one image reruns that plate."""
+    """The plate map and every raw image of one plate, so touching one image reruns that plate.
+    The folder is listed once: the same scan gives the channel tokens CHECKS.ingest checks.
+    """
     row = plate_row(wildcards.plate)
-    CHECKS.ingest(row)
     if SOURCE == "simulate":
+        CHECKS.ingest(row)
         return {
             "platemap": f"{SIM_ROOT}/platemaps/{wildcards.plate}.csv",
             "images": f"{SIM_ROOT}/images/{wildcards.plate}",
         }
     from phenoica.ingest import plate_image_files
 
-    return {"platemap": row["platemap"], "images": plate_image_files(row, CHANNELS)}
+    tokens = set()
+    images = plate_image_files(row, CHANNEL_SPECS, tokens=tokens)
+    CHECKS.ingest(row, tokens)
+    return {"platemap": row["platemap"], "images": images}
 
 
 def plate_manifests(plates, key):

@@ -56,13 +56,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..config import section_values
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_tsv
 from ..logs import get_logger, progress
@@ -73,12 +74,11 @@ from ..metrics.identifiability import (
     fit_whitened_ica,
     ica_efficiency,
     ica_stability,
-    numerical_rank,
-    principal_subspace,
+    principal_axes,
     split_rows,
     stable_k,
 )
-from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys, keyword_only
+from .rule_keys import ALIGNMENT_KEYS, ISOMETRY_KEYS, check_keys
 
 log = get_logger(__name__)
 
@@ -217,9 +217,11 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
     tables = []
     for layer in progress(layers, desc="alignment (layers)"):
         reps = [_representation(a, layer, rows, path) for a, path in zip(adatas, embeddings)]
-        rank = min(numerical_rank(r[fit]) for r in reps)
+        axes = [principal_axes(r[fit]) for r in reps]  # one SVD per seed and layer, for every k
+        rank = min(ax.rank for ax in axes)
         for kk in k_grid(dims, k, rank=rank, n_fit=int(fit.sum())):
-            projected = [principal_subspace(r[fit], kk).project(r[fit]) for r in reps]
+            subspaces = [ax.subspace(kk) for ax in axes]
+            projected = [sub.project(r[fit]) for sub, r in zip(subspaces, reps)]
             fits = [fit_whitened_ica(z, n_components=kk, seed=int(ica_seed), backend=ica_backend)
                     if "ica" in maps else None for z in projected]
             for i in order:
@@ -232,7 +234,8 @@ def alignment_table(embeddings: Sequence[str | os.PathLike], seeds: Sequence[int
                 t = alignment_errors(reps[a][fit], reps[b][fit], reps[a][~fit], reps[b][~fit], maps=tuple(maps), k=kk,
                                      diameter=diameter, seed=int(ica_seed), ica_backend=ica_backend,
                                      linear_ridge=linear_ridge,
-                                     ica_fits=(fits[a], fits[b]) if "ica" in maps else None)
+                                     ica_fits=(fits[a], fits[b]) if "ica" in maps else None,
+                                     subspaces=(subspaces[a], subspaces[b]))
                 t.insert(0, "k", kk)
                 t.insert(0, "seed_b", int(seeds[b]))
                 t.insert(0, "seed_a", int(seeds[a]))
@@ -321,9 +324,9 @@ def identifiability_alignment(embeddings: Sequence[str | os.PathLike], seeds: Se
     ``settings``: the keyword arguments of :func:`alignment_table` and :func:`summarize_alignment`
     (``ALIGNMENT_KEYS``)."""
     _check_keys(settings, ALIGNMENT_KEYS)
-    table = alignment_table(embeddings, seeds, **_keywords_for(alignment_table, settings))
+    table = alignment_table(embeddings, seeds, **section_values(alignment_table, settings))
     write_tsv(table, out_tsv)
-    summary = summarize_alignment(table, **_keywords_for(summarize_alignment, settings))
+    summary = summarize_alignment(table, **section_values(summarize_alignment, settings))
     write_tsv(summary, out_summary)
     if out_png is not None:
         plot_alignment(summary, out_png, stability_threshold=float(settings["stability_threshold"]))
@@ -550,10 +553,6 @@ def _save_figure(fig, out_png: str | os.PathLike) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def _keywords_for(func: Callable[..., Any], settings: dict[str, Any]) -> dict[str, Any]:
-    return {key: settings[key] for key in keyword_only(func)}
 
 
 def _check_keys(settings: dict[str, Any], expected: tuple[str, ...]) -> None:

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..config import section_values
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, read_table, write_h5ad, write_tsv
 from ..logs import get_logger
@@ -261,7 +261,7 @@ def run_synthetic_benchmark(out_tsv: str | os.PathLike, workdir: str | os.PathLi
     ``workdir`` (default: a temporary folder that is removed afterwards). The keyword arguments
     are the config's ``synthetic`` keys."""
     settings = {name: value for name, value in locals().items() if name in SYNTHETIC_KEYS}
-    data_kw, train_kw, score_kw = (_keywords_for(f, settings) for f in (make_synthetic_dataset, train_synthetic,
+    data_kw, train_kw, score_kw = (section_values(f, settings) for f in (make_synthetic_dataset, train_synthetic,
                                                                          score_synthetic))
     with tempfile.TemporaryDirectory(prefix="phenoica-synthetic-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
@@ -289,10 +289,6 @@ def _read_latents(path: str | os.PathLike) -> ad.AnnData:
     if not isinstance(info, Mapping) or "factor_names" not in info or "factor_codes" not in adata.obsm:
         raise InputError(path, "not a train_synthetic output (no uns['synthetic'] or obsm['factor_codes'])")
     return adata
-
-
-def _keywords_for(func: Callable[..., Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: settings[key] for key in keyword_only(func)}
 
 
 #: The config's ``synthetic`` keys; those each rule function reads are in rule_keys (read by the

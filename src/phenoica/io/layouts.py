@@ -178,13 +178,18 @@ def list_plate_images(plate_row: Mapping, channels: Sequence[Mapping] | Sequence
     return table.drop(columns="_ch").reset_index(drop=True)
 
 
-def list_image_paths(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[Channel]
-                     ) -> list[str]:
+def list_image_paths(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[Channel], *,
+                     tokens: set[str] | None = None) -> list[str]:
     """Paths of the plate's image files, sorted, without parsing wells or reading pixels.
 
     The fast, lenient listing behind :func:`phenoica.ingest.plate_image_files` (Snakemake input
     functions run it for every plate when the DAG is built): a missing folder or CSV gives
     ``[]``; files whose well or site would not parse are included and reported by ingest.
+
+    With a ``tokens`` set, the same scan adds to it every channel token the plate's file names
+    carry, configured or not (numeric ones as numbers: ``"02"`` -> ``"2"``), for the dry-run
+    check of the ``channels`` config (:mod:`phenoica.preflight`); folder layouts only (a
+    LoadData CSV's tokens are its column names, which the plate sheet check reads).
     """
     chans = _as_channels(channels)
     layout = str(plate_row.get("layout", ""))
@@ -206,7 +211,7 @@ def list_image_paths(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[
         except ConfigError:
             return []
         recursive = "/" in pattern
-    tokens = {_token_key(c.token) for c in chans}
+    wanted = {_token_key(c.token) for c in chans}
     plate = str(plate_row["plate"])
     paths = []
     for rel, path in _iter_files(folder, recursive):
@@ -214,60 +219,17 @@ def list_image_paths(plate_row: Mapping, channels: Sequence[Mapping] | Sequence[
         if match is None:
             continue
         groups = match.groupdict()
-        if _token_key(groups["channel"] or "") not in tokens:
-            continue
         if groups.get("plate") is not None and groups["plate"] != plate:
+            continue
+        token = _token_key(groups["channel"] or "")
+        if tokens is not None:
+            tokens.add(token)
+        if token not in wanted:
             continue
         if layout == "phenix" and (int(groups["plane"]) != 1 or int(groups["timepoint"]) != 1):
             continue
         paths.append(path)
     return sorted(paths)
-
-
-def file_channel_tokens(plate_row: Mapping, wanted: Iterable[str] = ()) -> set[str]:
-    """Channel tokens the plate's image file names carry (numeric ones as numbers: ``"02"`` ->
-    ``"2"``), without reading pixels or sorting: the scan stops as soon as every token of
-    ``wanted`` has been seen (for a correct channels config, after the first site's files).
-
-    For the dry-run check of the ``channels`` config (:mod:`phenoica.preflight`); folder layouts
-    only (``rxrx``, ``phenix``, ``pattern``): a LoadData CSV's tokens are its column names, which
-    the plate sheet check reads. A missing folder gives an empty set.
-    """
-    layout, plate = str(plate_row.get("layout", "")), str(plate_row.get("plate", ""))
-    if layout not in ("rxrx", "phenix", "pattern"):
-        return set()
-    folder = plate_folder(plate_row)
-    if not folder.is_dir():
-        return set()
-    if layout == "pattern":
-        pattern = str(plate_row.get("pattern") or "")
-        regex, recursive = check_pattern(pattern, f"plate {plate!r}, column 'pattern'"), "/" in pattern
-    else:
-        regex, recursive = (RXRX_RE if layout == "rxrx" else PHENIX_RE), False
-    wanted_tokens = {_token_key(t) for t in wanted}
-    missing = set(wanted_tokens)
-    found: set[str] = set()
-
-    def names() -> Iterator[str]:
-        if not recursive:
-            with os.scandir(folder) as entries:
-                yield from (e.name for e in entries if e.name.lower().endswith(_SUFFIX_TUPLE))
-            return
-        for dirpath, _, filenames in os.walk(folder):
-            rel = Path(os.path.relpath(dirpath, folder)).as_posix()
-            yield from (name if rel == "." else f"{rel}/{name}" for name in filenames
-                        if name.lower().endswith(_SUFFIX_TUPLE))
-
-    for name in names():
-        match = regex.fullmatch(name)
-        if match is None or (match.groupdict().get("plate") not in (None, plate)):
-            continue
-        token = _token_key(match.group("channel") or "")
-        found.add(token)
-        missing.discard(token)
-        if wanted_tokens and not missing:
-            break
-    return found
 
 
 def _as_channels(channels: Sequence[Mapping] | Sequence[Channel]) -> list[Channel]:

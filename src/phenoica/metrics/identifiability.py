@@ -190,7 +190,11 @@ def numerical_rank(Z: np.ndarray, *, rel_tol: float = 1e-5) -> int:
     """Number of principal components of ``Z`` with variance above ``rel_tol`` times the
     largest (the rank whitening keeps, ``phenoica.postprocess.whitening.fit_whitening``)."""
     Z = np.asarray(Z, dtype=np.float64)
-    s = np.linalg.svd(Z - Z.mean(axis=0), compute_uv=False) ** 2
+    return _rank(np.linalg.svd(Z - Z.mean(axis=0), compute_uv=False), rel_tol)
+
+
+def _rank(singular_values: np.ndarray, rel_tol: float = 1e-5) -> int:
+    s = np.asarray(singular_values) ** 2
     if s.size == 0 or s[0] <= 0:
         return 0
     return int(np.sum(s > rel_tol * s[0]))
@@ -213,15 +217,34 @@ class Subspace:
         return (centred @ self.basis) @ self.basis.T + self.mean
 
 
+@dataclass(frozen=True)
+class PrincipalAxes:
+    """Every principal axis of a representation (one SVD), from which :meth:`subspace` takes
+    the top-k ones for any k: a sweep over k (and every seed pair at each k) needs no other SVD."""
+
+    mean: np.ndarray  # p
+    vt: np.ndarray  # min(n, p) x p, the axes as rows, by decreasing variance
+    rank: int  # numerical rank (:func:`numerical_rank`)
+
+    def subspace(self, k: int) -> Subspace:
+        """The top-``k`` axes; ``k`` must not exceed the numerical rank."""
+        if not 1 <= int(k) <= self.rank:
+            raise ValueError(f"k must be between 1 and the numerical rank {self.rank} of the representation, "
+                             f"got {k}")
+        return Subspace(mean=self.mean, basis=self.vt[: int(k)].T.copy())
+
+
+def principal_axes(Z: np.ndarray) -> PrincipalAxes:
+    """The principal axes of ``Z`` (n x p) and its numerical rank, from one SVD."""
+    Z = np.asarray(Z, dtype=np.float64)
+    mean = Z.mean(axis=0)
+    _, s, vt = np.linalg.svd(Z - mean, full_matrices=False)
+    return PrincipalAxes(mean=mean, vt=vt, rank=_rank(s))
+
+
 def principal_subspace(Z: np.ndarray, k: int) -> Subspace:
     """Top-``k`` principal axes of ``Z`` (n x p); ``k`` must not exceed its numerical rank."""
-    Z = np.asarray(Z, dtype=np.float64)
-    rank = numerical_rank(Z)
-    if not 1 <= int(k) <= rank:
-        raise ValueError(f"k must be between 1 and the numerical rank {rank} of the representation, got {k}")
-    mean = Z.mean(axis=0)
-    _, _, vt = np.linalg.svd(Z - mean, full_matrices=False)
-    return Subspace(mean=mean, basis=vt[: int(k)].T.copy())
+    return principal_axes(Z).subspace(k)
 
 
 @dataclass(frozen=True)
@@ -371,7 +394,8 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
                      *, maps: tuple[str, ...] | list[str] = MAP_CLASSES, k: int | None = None,
                      diameter: str = "max", seed: int = 0, ica_backend: str = "auto",
                      linear_ridge: float | str = "cv",
-                     ica_fits: tuple[WhitenedICA, WhitenedICA] | None = None) -> pd.DataFrame:
+                     ica_fits: tuple[WhitenedICA, WhitenedICA] | None = None,
+                     subspaces: tuple[Subspace, Subspace] | None = None) -> pd.DataFrame:
     """Alignment of representation A onto B after the best map of each class, every map in the
     same k-dimensional subspace.
 
@@ -398,6 +422,9 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
     ica_fits
         ICA of each side's (projected) fitting rows, already fitted (e.g. shared by the seed
         pairs of a study); None fits them here.
+    subspaces
+        The top-k principal subspaces of ``A_fit`` and ``B_fit`` (:func:`principal_subspace`),
+        already computed (e.g. shared by the seed pairs of a study); None computes them here.
 
     Returns
     -------
@@ -422,7 +449,7 @@ def alignment_errors(A_fit: np.ndarray, B_fit: np.ndarray, A_test: np.ndarray, B
     rows: list[tuple[str, str, float]] = []
     if k is not None:
         full_diam = latent_diameter(B_test, kind=diameter, seed=seed)
-        sub_a, sub_b = principal_subspace(A_fit, k), principal_subspace(B_fit, k)
+        sub_a, sub_b = subspaces or (principal_subspace(A_fit, k), principal_subspace(B_fit, k))
         B_test_k = sub_b.project(B_test)
         left = B_test - B_test_k
         total = float(np.sum((B_test - B_test.mean(axis=0)) ** 2))
